@@ -1,0 +1,220 @@
+"""`cvbm` command line: train, predict, evaluate and the headless demo.
+
+Every bad input ends with one ``cvbm: error: ...`` line and exit code 2, never a traceback.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from tqdm import tqdm
+
+from .core.errors import CVBMInputError
+
+
+def _parse_setting(text: str):
+    """``key=value`` -> (key, value) with value parsed as int, float, bool, tuple or string."""
+    if "=" not in text:
+        raise CVBMInputError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    if "," in raw:
+        return key, tuple(_parse_setting(f"x={part}")[1] for part in raw.split(",") if part)
+    for cast in (int, float):
+        try:
+            return key, cast(raw)
+        except ValueError:
+            pass
+    return key, {"true": True, "false": False, "none": None}.get(raw.lower(), raw)
+
+
+def _progress_bar(events, desc_for_phase):
+    """Show one tqdm bar per training phase while passing the events through."""
+    bar, phase = None, None
+    try:
+        for event in events:
+            if event.phase != phase:
+                if bar is not None:
+                    bar.close()
+                phase = event.phase
+                bar = tqdm(total=event.total, initial=event.iteration - 1, desc=desc_for_phase[phase],
+                           unit="it", dynamic_ncols=True)
+            bar.update(1)
+            postfix = {"loss": f"{event.losses['total']:.3f}"}
+            if event.validation_dice is not None:
+                postfix["val_dice"] = f"{event.validation_dice:.3f}"
+            bar.set_postfix(postfix)
+            yield event
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+PHASE_NAMES = {"pretrain": "teacher pre-training", "selftrain": "student self-training"}
+
+
+def train_with_progress(run):
+    """Drive a TrainingRun to the end with progress bars (used by `train` and `demo`)."""
+    for _ in _progress_bar(run.events(), PHASE_NAMES):
+        pass
+
+
+def cmd_train(args) -> int:
+    from .core.config import preset
+    from .core.data import load_cases
+    from .core.training import TrainingRun
+
+    num_classes = args.num_classes
+    labeled = load_cases(args.images, args.labels, num_classes)
+    if not labeled:
+        raise CVBMInputError("empty labeled set")
+    if num_classes is None:
+        num_classes = max(2, max(int(c.label.max()) for c in labeled) + 1)
+    unlabeled = load_cases(args.unlabeled) if args.unlabeled else []
+    validation = load_cases(args.val_images, args.val_labels, num_classes) if args.val_images else []
+    if args.resume:
+        run = TrainingRun.resume(args.resume, labeled, unlabeled, validation, out_dir=args.out, device=args.device)
+        print(f"resuming {run.phase} at iteration {run.iteration} from {args.resume}")
+    else:
+        overrides = dict(_parse_setting(s) for s in args.set)
+        config = preset(args.preset, args.dim, num_classes=num_classes, **overrides)
+        run = TrainingRun(config, labeled, unlabeled, validation, out_dir=args.out, device=args.device)
+    print(f"{len(labeled)} labeled, {len(unlabeled)} unlabeled, {len(validation)} validation image(s); "
+          f"device {run.device}; writing to {args.out}")
+    train_with_progress(run)
+    from .core.checkpoint import save_model
+
+    final = save_model(Path(args.out) / "model.pt", run.final_model(), run.config, phase="final",
+                       validation_dice=run.best_dice)
+    note = f"validation Dice {run.best_dice:.4f}" if run.best_dice >= 0 else "no validation set: last weights"
+    print(f"saved {final} ({note})")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .core.checkpoint import load_model
+    from .core.inference import predict
+    from .core.io import IMAGE_EXTENSIONS, list_images, read_image, strip_extension, write_image
+
+    model, config = load_model(args.model)
+    source = Path(args.input)
+    files = [source] if source.is_file() else list_images(source)
+    if not files:
+        raise CVBMInputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {source}")
+    out = Path(args.out)
+    heads = "fg" if args.mode == "fg" and not args.probabilities else "all"
+    for path in tqdm(files, desc="predict", unit="image", disable=len(files) < 2):
+        image = read_image(path)
+        pred = predict(model, image.array, mode=args.mode, heads=heads, patch_size=config.patch_size,
+                       slice_size=config.slice_size, overlap=config.inference_overlap,
+                       device=args.device, largest_component=args.largest_component)
+        name = strip_extension(path)
+        suffix = args.format or path.name[len(name):]
+        geometry = dict(spacing=image.spacing, affine=image.affine)
+        write_image(out / f"{name}{suffix}", pred.labels, **geometry)
+        if args.probabilities:
+            maps = {"prob_fg": 1.0 - pred.fg[0], "confidence_fg": pred.fg_confidence}
+            if pred.bg is not None:
+                maps.update(prob_bg=1.0 - pred.bg[0], prob_mix=1.0 - pred.mix[0],
+                            confidence_bg=pred.bg_confidence, disagreement=pred.disagreement)
+            for key, array in maps.items():
+                write_image(out / "maps" / f"{name}_{key}{suffix}", array, **geometry)
+        print(f"{path.name} -> {out / (name + suffix)}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .core.io import pair_images_labels, read_labels, strip_extension
+    from .core.metrics import evaluate_cases, format_table, summarize, write_csv
+
+    pairs = pair_images_labels(args.predictions, args.labels)
+    loaded = []
+    for pred_path, label_path in pairs:
+        pred, truth = read_labels(pred_path), read_labels(label_path)
+        loaded.append((strip_extension(pred_path), pred.array, truth.array, truth.spacing if args.mm else None))
+    num_classes = args.num_classes or max(2, max(int(max(p.max(), t.max())) for _, p, t, _ in loaded) + 1)
+    rows = evaluate_cases(loaded, num_classes)
+    summary = summarize(rows)
+    print(format_table(summary, distance_unit="mm" if args.mm else "vox"))
+    if args.csv:
+        write_csv(rows, args.csv)
+        print(f"per-case metrics written to {args.csv}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(data_dir=args.data, out_dir=args.out, preset_name=args.preset,
+             overrides=dict(_parse_setting(s) for s in args.set), device=args.device)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cvbm", description="CVBM semi-supervised segmentation (headless).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="pre-train the teacher, then self-train the student")
+    p.add_argument("--images", required=True, help="folder of labeled images")
+    p.add_argument("--labels", required=True, help="folder of label maps (same case names)")
+    p.add_argument("--unlabeled", help="folder of unlabeled images")
+    p.add_argument("--val-images", help="validation images (model selection)")
+    p.add_argument("--val-labels", help="validation labels")
+    p.add_argument("--dim", type=int, choices=(2, 3), default=3, help="3: V-Net on patches; 2: U-Net on slices")
+    p.add_argument("--preset", default="cpu", choices=("cpu", "paper"))
+    p.add_argument("--num-classes", type=int, help="classes including background (default: from labels)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set pretrain_iterations=500 --set patch_size=32,64,64")
+    p.add_argument("--out", required=True, help="output folder for checkpoints")
+    p.add_argument("--resume", help="training checkpoint (last.pt) to continue from")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="segment an image or a folder of images")
+    p.add_argument("model", help="checkpoint (.pt) written by cvbm train or the napari plugin")
+    p.add_argument("input", help="image file or folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--mode", default="fg", choices=("fg", "mix", "avg"))
+    p.add_argument("--probabilities", action="store_true",
+                   help="also write probability, confidence and disagreement maps (to OUT/maps/)")
+    p.add_argument("--largest-component", action="store_true", help="keep the largest component per class")
+    p.add_argument("--format", choices=(".nii.gz", ".nii", ".tif", ".tiff"), help="output format (default: input's)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="Dice, Jaccard, 95HD and ASD of predictions against labels")
+    p.add_argument("predictions", help="folder of predicted label maps")
+    p.add_argument("labels", help="folder of reference label maps (same case names)")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--mm", action="store_true", help="distances in mm from the label spacing (default: voxels)")
+    p.add_argument("--csv", help="write per-case, per-class metrics to this CSV file")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="the headless main job on the bundled sample data")
+    p.add_argument("--data", help="sample data folder (default: the bundled sample_data/)")
+    p.add_argument("--out", default="demo_output", help="output folder")
+    p.add_argument("--preset", default="cpu", choices=("cpu", "paper"))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except CVBMInputError as exc:
+        print(f"cvbm: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cvbm: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        print(f"cvbm: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""Teacher pseudo-labels for the student (spec 5)."""
+
+from typing import Tuple
+
+import numpy as np
+import torch
+
+from .components import largest_component_per_class
+
+
+def _clean(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Largest component per class, sample by sample (2D slices or 3D volumes)."""
+    cleaned = [largest_component_per_class(sample, num_classes) for sample in labels.cpu().numpy()]
+    return torch.from_numpy(np.stack(cleaned)).to(labels.device)
+
+
+@torch.no_grad()
+def pseudo_labels(teacher_output, clean: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(fg, bg) class maps of shape (N, *S) from the teacher's logits.
+
+    fg: argmax of P_fg. bg: argmax of the bg view 1 - Q_bg (the loss turns it into
+    complementary labels). Both keep only the largest connected component per class when
+    ``clean``. Without a bg head, the bg map repeats the fg one.
+    """
+    num_classes = teacher_output.fg.shape[1]
+    fg = teacher_output.fg.argmax(1)
+    bg = fg if teacher_output.bg is None else (-teacher_output.bg).argmax(1)  # argmax(1 - sigmoid) = argmax(-logit)
+    if clean:
+        fg = _clean(fg, num_classes)
+        bg = fg if teacher_output.bg is None else _clean(bg, num_classes)
+    return fg, bg

@@ -1,0 +1,307 @@
+"""CVBM training: teacher pre-training and student self-training (spec 3-6).
+
+Both phases are generators of :class:`ProgressEvent` so that the CLI, the napari widgets
+and ``torchrun`` workers all drive the same loop and can stop it between two steps.
+"""
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .checkpoint import build_model, load_checkpoint, model_from_payload, save_checkpoint, save_model
+from .config import TrainConfig
+from .cutmix import cutmix, cutmix_mask, cutmix_pair
+from .data import Case, PatchSampler
+from .ema import ema_update
+from .errors import CVBMInputError
+from .inference import choose_device, predict
+from .losses import bidirectional_consistency, consistency_weight, region_wide_loss, softmax_seg_loss, \
+    complementary_seg_loss
+from .metrics import dice_score
+from .networks import CVBMOutput
+from .pseudo_labels import pseudo_labels
+
+PHASES = ("pretrain", "selftrain", "done")
+
+
+@dataclass
+class ProgressEvent:
+    """One training step: the phase, the step within it, every loss term, lambda, lr, time."""
+
+    phase: str
+    iteration: int
+    total: int
+    losses: Dict[str, float]
+    consistency_weight: float
+    lr: float
+    elapsed: float
+    validation_dice: Optional[float] = None  # set on steps where validation ran
+    best_dice: Optional[float] = None
+    messages: List[str] = field(default_factory=list)
+
+
+def _split(output: CVBMOutput):
+    """The two halves (mixed inputs a and b) of a batched output."""
+    parts = [t.chunk(2) if t is not None else (None, None) for t in output]
+    return CVBMOutput(*(p[0] for p in parts)), CVBMOutput(*(p[1] for p in parts))
+
+
+def _check_cases(config: TrainConfig, labeled: Sequence[Case], unlabeled: Sequence[Case]):
+    if not labeled:
+        raise CVBMInputError("no labeled images: training needs at least one image with labels")
+    for case in list(labeled) + list(unlabeled):
+        if config.dim == 3 and case.image.ndim != 3:
+            raise CVBMInputError(f"{case.name}: a 3D model needs 3D volumes, got shape {case.image.shape}")
+    for case in labeled:
+        if case.label is None:
+            raise CVBMInputError(f"{case.name}: a labeled case has no labels")
+        if case.label.max() >= config.num_classes:
+            raise CVBMInputError(f"{case.name}: label value {int(case.label.max())} is outside the "
+                                 f"model's classes 0..{config.num_classes - 1}")
+    counted = [c.label[c.annotated] if c.annotated is not None else c.label for c in labeled]
+    if not any((lab > 0).any() for lab in counted):
+        raise CVBMInputError("the labeled images contain only background: label at least one structure")
+
+
+class TrainingRun:
+    """State of one CVBM run: student, EMA teacher, optimiser, samplers, counters, best weights.
+
+    ``events()`` runs (or resumes) pre-training then self-training. With ``out_dir`` it writes
+    ``last.pt`` (resumable, every ``checkpoint_every`` steps), ``pretrained.pt`` (the
+    selected supervised-only teacher) and ``best.pt`` (the selected student).
+    """
+
+    def __init__(self, config: TrainConfig, labeled: Sequence[Case], unlabeled: Sequence[Case] = (),
+                 validation: Sequence[Case] = (), out_dir=None, device=None):
+        _check_cases(config, labeled, unlabeled)
+        self.config = config
+        self.device = choose_device(device or "auto")
+        self.validation = list(validation)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.rng = np.random.default_rng(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        torch.manual_seed(config.seed)
+        sampler = dict(dim=config.dim, patch_size=config.patch_size, slice_size=config.slice_size,
+                       augment=config.augment, rng=self.rng)
+        self.labeled = PatchSampler(list(labeled), **sampler)
+        # with no separate unlabeled images, the labeled images also serve as unlabeled ones
+        pool = [Case(c.name, c.image, spacing=c.spacing) for c in (unlabeled or labeled)]
+        self.unlabeled = PatchSampler(pool, **sampler)
+        self.model = build_model(config).to(self.device)
+        self.teacher: Optional[torch.nn.Module] = None
+        self.phase = "pretrain"
+        self.iteration = 0
+        self.elapsed = 0.0
+        self.best_dice = -1.0
+        self.best_state: Optional[dict] = None
+        self.pretrained_state: Optional[dict] = None
+        self.optimizer = self._new_optimizer()
+
+    # -- public API ---------------------------------------------------------------------
+    def events(self) -> Iterator[ProgressEvent]:
+        """Run what is left of the two phases, yielding one event per step."""
+        if self.phase == "pretrain":
+            yield from self._loop(self.config.pretrain_iterations, self._pretrain_step)
+            self._finish_pretraining()
+        if self.phase == "selftrain":
+            yield from self._loop(self.config.selftrain_iterations, self._student_step)
+            self._finish_selftraining()
+
+    def final_model(self) -> torch.nn.Module:
+        """The selected model: best student on validation (or the last one without validation)."""
+        model = build_model(self.config)
+        model.load_state_dict(self.best_state or self.model.state_dict())
+        return model.eval()
+
+    def pretrained_model(self) -> torch.nn.Module:
+        """The selected supervised-only teacher (after pre-training)."""
+        if self.pretrained_state is None:
+            raise CVBMInputError("pre-training has not finished yet")
+        model = build_model(self.config)
+        model.load_state_dict(self.pretrained_state)
+        return model.eval()
+
+    # -- phases -------------------------------------------------------------------------
+    def _loop(self, total: int, step) -> Iterator[ProgressEvent]:
+        start = time.perf_counter() - self.elapsed
+        self.model.train()
+        while self.iteration < total:
+            lr = self._set_lr(total)
+            losses, lam = step()
+            self.iteration += 1
+            self.elapsed = time.perf_counter() - start
+            event = ProgressEvent(self.phase, self.iteration, total, losses, lam, lr, self.elapsed)
+            cfg = self.config
+            if self.validation and (self.iteration % cfg.validate_every == 0 or self.iteration == total):
+                event.validation_dice = self._validate()
+                self.model.train()
+            event.best_dice = self.best_dice if self.best_dice >= 0 else None
+            if self.out_dir is not None and (self.iteration % cfg.checkpoint_every == 0 or self.iteration == total):
+                self.save(self.out_dir / "last.pt")
+            yield event
+
+    def _pretrain_step(self):
+        """Teacher pre-training on two cut-mixed labeled inputs: L_fg + L_bg + L_M (spec 3, 4)."""
+        cfg = self.config
+        images, labels, annotated = (t.to(self.device) for t in self.labeled.sample(cfg.batch_labeled))
+        mask = cutmix_mask(images.shape[2:], cfg.cutmix_beta, self.generator).to(self.device)
+        half = cfg.batch_labeled // 2
+        x_a, x_b = cutmix_pair(images[:half], images[half:], mask)
+        y_a, y_b = cutmix_pair(labels[:half], labels[half:], mask)
+        r_a, r_b = cutmix_pair(annotated[:half], annotated[half:], mask)
+        terms: Dict[str, torch.Tensor] = {}
+        for output, y, region in zip(_split(self.model(torch.cat([x_a, x_b]))), (y_a, y_b), (r_a, r_b)):
+            parts = {"fg": softmax_seg_loss(output.fg, y, region)}
+            if output.bg is not None:
+                parts["bg"] = complementary_seg_loss(output.bg, y, region)
+                if cfg.pretrain_mix_head:
+                    parts["mix"] = softmax_seg_loss(output.mix, y, region)
+            parts["total"] = sum(parts.values())
+            for k, v in parts.items():
+                terms[k] = terms.get(k, 0.0) + v
+        self._step(terms["total"])
+        return {k: float(v.detach()) for k, v in terms.items()}, 0.0
+
+    def _student_step(self):
+        """Student self-training: cut-mix labeled/unlabeled, L_rw + lambda L_bcl, EMA (spec 3-5)."""
+        cfg = self.config
+        batch = cfg.batch_labeled
+        x_l, y_l, ann = (t.to(self.device) for t in self.labeled.sample(batch))
+        x_u = self.unlabeled.sample(batch)[0].to(self.device)
+        partial = bool((ann < 1).any())
+        with torch.no_grad():
+            teacher_out = self.teacher(torch.cat([x_u, x_l]) if partial else x_u)
+            fg_pl, bg_pl = pseudo_labels(teacher_out, clean=cfg.clean_pseudo_labels)
+        fg_u, bg_u = fg_pl[:batch], bg_pl[:batch]
+        # unannotated voxels of a partly labeled image are supervised by the teacher, like unlabeled ones
+        fg_l = torch.where(ann.bool(), y_l, fg_pl[batch:]) if partial else y_l
+        bg_l = torch.where(ann.bool(), y_l, bg_pl[batch:]) if partial else y_l
+        mask = cutmix_mask(x_l.shape[2:], cfg.cutmix_beta, self.generator).to(self.device)
+        none = torch.zeros_like(ann)
+        mixes = [  # (input, fg target, bg target, labeled region): X_hat_a then X_hat_b
+            (cutmix(x_l, x_u, mask), cutmix(fg_l, fg_u, mask), cutmix(bg_l, bg_u, mask), cutmix(ann, none, mask)),
+            (cutmix(x_u, x_l, mask), cutmix(fg_u, fg_l, mask), cutmix(bg_u, bg_l, mask), cutmix(none, ann, mask)),
+        ]
+        outputs = _split(self.model(torch.cat([m[0] for m in mixes])))
+        lam = consistency_weight(self.iteration, cfg.selftrain_iterations, cfg.consistency_schedule,
+                                 cfg.consistency_weight, cfg.consistency_rampup)
+        terms: Dict[str, torch.Tensor] = {}
+        for output, (_, fg_t, bg_t, region) in zip(outputs, mixes):
+            parts = region_wide_loss(output, fg_t, bg_t, region, 1.0 - region, cfg.alpha)
+            total = parts["rw"]
+            if output.bg is not None:
+                parts.update(bidirectional_consistency(output))
+                total = total + lam * parts["bcl"]
+            parts["total"] = total
+            for k, v in parts.items():
+                terms[k] = terms.get(k, 0.0) + v
+        self._step(terms["total"])
+        ema_update(self.teacher, self.model, cfg.ema_decay)
+        return {k: float(v.detach()) for k, v in terms.items()}, lam
+
+    def _finish_pretraining(self):
+        self.pretrained_state = self._selected_state()
+        if self.out_dir is not None:
+            self._save_weights(self.out_dir / "pretrained.pt", self.pretrained_state, "pretrain")
+        self.model.load_state_dict(self.pretrained_state)
+        self.teacher = copy.deepcopy(self.model).eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.phase, self.iteration = "selftrain", 0
+        self.best_dice, self.best_state = -1.0, None
+        self.optimizer = self._new_optimizer()
+        if self.out_dir is not None:
+            self.save(self.out_dir / "last.pt")
+
+    def _finish_selftraining(self):
+        self.best_state = self._selected_state()
+        self.phase = "done"
+        if self.out_dir is not None:
+            self._save_weights(self.out_dir / "best.pt", self.best_state, "selftrain")
+            self.save(self.out_dir / "last.pt")
+
+    # -- helpers ------------------------------------------------------------------------
+    def _new_optimizer(self):
+        cfg = self.config
+        return torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+
+    def _set_lr(self, total: int) -> float:
+        lr = self.config.lr
+        if self.config.lr_schedule == "poly":
+            lr *= (1.0 - self.iteration / total) ** 0.9
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def _step(self, loss: torch.Tensor):
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def _selected_state(self) -> dict:
+        return self.best_state if self.best_state is not None else _cpu_state(self.model)
+
+    @torch.no_grad()
+    def _validate(self) -> float:
+        """Mean fg-head Dice over the validation cases; keeps the best weights (spec 6)."""
+        cfg = self.config
+        scores = []
+        for case in self.validation:
+            pred = predict(self.model, case.image, heads="fg", patch_size=cfg.patch_size,
+                           slice_size=cfg.slice_size, overlap=0.25, device=self.device)
+            scores.append(dice_score(pred.labels, case.label, cfg.num_classes))
+        dice = float(np.mean(scores))
+        if dice > self.best_dice:
+            self.best_dice, self.best_state = dice, _cpu_state(self.model)
+        return dice
+
+    def _save_weights(self, path, state, phase):
+        model = build_model(self.config)
+        model.load_state_dict(state)
+        save_model(path, model, self.config, phase=phase, validation_dice=self.best_dice)
+
+    # -- checkpoint and resume ------------------------------------------------------------
+    def save(self, path) -> Path:
+        """A resumable training checkpoint (atomic; loads safely with weights_only)."""
+        return save_checkpoint(path, {
+            "kind": "training", "config": self.config.to_dict(), "model": _cpu_state(self.model),
+            "teacher": _cpu_state(self.teacher) if self.teacher is not None else None,
+            "optimizer": self.optimizer.state_dict(), "phase": self.phase, "iteration": self.iteration,
+            "elapsed": self.elapsed, "best_dice": self.best_dice, "best_state": self.best_state,
+            "pretrained_state": self.pretrained_state,
+            "rng": {"numpy": self.rng.bit_generator.state, "cutmix": self.generator.get_state(),
+                    "torch": torch.get_rng_state()},
+        })
+
+    @classmethod
+    def resume(cls, path, labeled, unlabeled=(), validation=(), out_dir=None, device=None) -> "TrainingRun":
+        """Continue a run from a training checkpoint written by :meth:`save`."""
+        payload = load_checkpoint(path)
+        if payload.get("kind") != "training":
+            raise CVBMInputError(f"{path} is a model checkpoint, not a training checkpoint to resume")
+        model, config = model_from_payload(payload, source=f"checkpoint {path}")
+        run = cls(config, labeled, unlabeled, validation, out_dir=out_dir, device=device)
+        run.model.load_state_dict(model.state_dict())
+        run.phase, run.iteration = payload["phase"], payload["iteration"]
+        run.elapsed, run.best_dice = payload["elapsed"], payload["best_dice"]
+        run.best_state, run.pretrained_state = payload["best_state"], payload["pretrained_state"]
+        if payload["teacher"] is not None:
+            run.teacher = build_model(config).to(run.device).eval()
+            run.teacher.load_state_dict(payload["teacher"])
+            for p in run.teacher.parameters():
+                p.requires_grad_(False)
+        run.optimizer.load_state_dict(payload["optimizer"])
+        run.rng.bit_generator.state = payload["rng"]["numpy"]
+        run.generator.set_state(payload["rng"]["cutmix"])
+        torch.set_rng_state(payload["rng"]["torch"])
+        return run
+
+
+def _cpu_state(model: torch.nn.Module) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

@@ -1,0 +1,30 @@
+import numpy as np
+import pytest
+
+from napari_cvbm.core.config import preset
+from napari_cvbm.core.data import make_case
+
+
+def blob_volume(seed, shape=(32, 40, 40), noise=0.5):
+    """A noisy ellipsoid and its label: a tiny stand-in for a labeled scan."""
+    rng = np.random.default_rng(seed)
+    grid = np.mgrid[tuple(slice(0, s) for s in shape)]
+    centre = [rng.uniform(0.35 * s, 0.65 * s) for s in shape]
+    radii = [rng.uniform(0.18 * s, 0.28 * s) for s in shape]
+    label = (sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii)) < 1).astype(np.int64)
+    return label + rng.normal(0, noise, shape).astype(np.float32), label
+
+
+@pytest.fixture
+def tiny_cases():
+    """(labeled, unlabeled) blob cases."""
+    labeled = [make_case(f"lab{i}", *blob_volume(i)) for i in range(2)]
+    unlabeled = [make_case(f"unl{i}", blob_volume(10 + i)[0]) for i in range(2)]
+    return labeled, unlabeled
+
+
+@pytest.fixture
+def tiny_config():
+    """The cpu preset shrunk to a few fast iterations."""
+    return preset("cpu", 3, width=4, patch_size=(32, 32, 32), pretrain_iterations=4,
+                  selftrain_iterations=4, validate_every=2, checkpoint_every=2)

@@ -1,0 +1,118 @@
+"""`cvbm` end to end, and one clear error line (exit 2, no traceback) for each bad input."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_cvbm.core.io import read_labels, write_image
+
+from conftest import blob_volume
+
+TINY = ["--set", "width=4", "--set", "patch_size=32,32,32", "--set", "pretrain_iterations=2",
+        "--set", "selftrain_iterations=2", "--set", "checkpoint_every=1"]
+
+
+def cvbm(*args):
+    return subprocess.run([sys.executable, "-m", "napari_cvbm.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_one_error_line(result, *fragments):
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cvbm: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def make_folder(root: Path, n=2, shape=(32, 40, 40), label_shape=None, transform=None):
+    for i in range(n):
+        image, label = blob_volume(i, shape)
+        if transform:
+            image, label = transform(image, label)
+        write_image(root / "images" / f"c{i}.nii.gz", image, spacing=(2.0, 1.0, 1.0))
+        lab = label if label_shape is None else np.zeros(label_shape, np.uint8)
+        write_image(root / "labels" / f"c{i}.nii.gz", lab.astype(np.uint8), spacing=(2.0, 1.0, 1.0))
+    return root
+
+
+def test_train_predict_evaluate_resume(tmp_path):
+    data = make_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    result = cvbm("train", "--images", data / "images", "--labels", data / "labels",
+                  "--unlabeled", data / "images", "--out", out, *TINY)
+    assert result.returncode == 0, result.stderr
+    assert {"model.pt", "last.pt", "best.pt", "pretrained.pt"} <= {p.name for p in out.iterdir()}
+
+    resumed = cvbm("train", "--images", data / "images", "--labels", data / "labels",
+                   "--out", out, "--resume", out / "last.pt")
+    assert resumed.returncode == 0 and "resuming done" in resumed.stdout, resumed.stderr
+
+    preds = tmp_path / "preds"
+    result = cvbm("predict", out / "model.pt", data / "images", "--out", preds, "--mode", "avg", "--probabilities")
+    assert result.returncode == 0, result.stderr
+    written = read_labels(preds / "c0.nii.gz")
+    assert written.array.shape == (32, 40, 40) and written.spacing == pytest.approx((2.0, 1.0, 1.0))
+    assert (preds / "maps" / "c0_confidence_bg.nii.gz").exists()
+    assert (preds / "maps" / "c0_disagreement.nii.gz").exists()
+
+    table = tmp_path / "metrics.csv"
+    result = cvbm("evaluate", preds, data / "labels", "--csv", table, "--mm")
+    assert result.returncode == 0, result.stderr
+    assert "Dice" in result.stdout
+    rows = list(csv.DictReader(table.open()))
+    assert [r["case"] for r in rows] == ["c0", "c1"] and all(0 <= float(r["dice"]) <= 1 for r in rows)
+
+
+def test_missing_folder(tmp_path):
+    assert_one_error_line(cvbm("train", "--images", tmp_path / "nope", "--labels", tmp_path, "--out", tmp_path),
+                          "nope")
+
+
+def test_empty_labeled_set(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    assert_one_error_line(cvbm("train", "--images", tmp_path / "images", "--labels", tmp_path / "labels",
+                               "--out", tmp_path / "o"), "No images")
+
+
+def test_shape_mismatch(tmp_path):
+    data = make_folder(tmp_path, n=1, label_shape=(32, 40, 39))
+    assert_one_error_line(cvbm("train", "--images", data / "images", "--labels", data / "labels",
+                               "--out", tmp_path / "o"), "does not match")
+
+
+def test_label_values_outside_classes(tmp_path):
+    data = make_folder(tmp_path, n=1, transform=lambda im, lab: (im, lab * 5))
+    assert_one_error_line(cvbm("train", "--images", data / "images", "--labels", data / "labels",
+                               "--num-classes", "2", "--out", tmp_path / "o"), "outside 0..1")
+
+
+def test_nan_image(tmp_path):
+    def poison(image, label):
+        image[3, 4, 5] = np.nan
+        return image, label
+    data = make_folder(tmp_path, n=1, transform=poison)
+    assert_one_error_line(cvbm("train", "--images", data / "images", "--labels", data / "labels",
+                               "--out", tmp_path / "o"), "NaN")
+
+
+def test_unreadable_image_and_checkpoint(tmp_path):
+    (tmp_path / "fake.nii.gz").write_text("not an image")
+    (tmp_path / "model.pt").write_text("not a model")
+    assert_one_error_line(cvbm("predict", tmp_path / "model.pt", tmp_path / "fake.nii.gz", "--out", tmp_path),
+                          "model.pt")
+    assert_one_error_line(cvbm("predict", tmp_path / "missing.pt", tmp_path, "--out", tmp_path), "does not exist")
+
+
+def test_bad_setting(tmp_path):
+    data = make_folder(tmp_path, n=1)
+    assert_one_error_line(cvbm("train", "--images", data / "images", "--labels", data / "labels",
+                               "--out", tmp_path / "o", "--set", "batch_labeled=3"), "even")
+    assert_one_error_line(cvbm("train", "--images", data / "images", "--labels", data / "labels",
+                               "--out", tmp_path / "o", "--set", "colour=blue"), "unknown")

@@ -1,0 +1,101 @@
+"""Training loop: events, partial annotation, checkpoints and exact resume."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_cvbm.core.checkpoint import load_checkpoint, load_model
+from napari_cvbm.core.data import make_case
+from napari_cvbm.core.errors import CVBMInputError
+from napari_cvbm.core.training import TrainingRun
+
+from conftest import blob_volume
+
+
+def _weights(model):
+    return torch.cat([p.detach().flatten() for p in model.state_dict().values() if p.is_floating_point()])
+
+
+def test_events_cover_both_phases_with_every_loss_term(tiny_cases, tiny_config, tmp_path):
+    labeled, unlabeled = tiny_cases
+    run = TrainingRun(tiny_config, labeled, unlabeled, validation=labeled[:1], out_dir=tmp_path)
+    before = _weights(run.model).clone()
+    events = list(run.events())
+    assert [(e.phase, e.iteration) for e in events] == [("pretrain", i) for i in range(1, 5)] + \
+        [("selftrain", i) for i in range(1, 5)]
+    assert set(events[0].losses) == {"fg", "bg", "mix", "total"}
+    assert {"fg_l", "fg_u", "bg_l", "bg_u", "rw", "bcl_direct", "bcl_inverse", "bcl", "total"} <= set(events[-1].losses)
+    assert all(np.isfinite(v) for e in events for v in e.losses.values())
+    assert [e.validation_dice is not None for e in events] == [False, True] * 4
+    assert all(e.lr <= tiny_config.lr for e in events) and events[0].elapsed <= events[-1].elapsed
+    assert not torch.equal(before, _weights(run.model))
+    for name in ("last.pt", "pretrained.pt", "best.pt"):
+        assert load_checkpoint(tmp_path / name)["config"]["width"] == 4
+    model, config = load_model(tmp_path / "best.pt")
+    assert config == tiny_config and model.num_classes == 2
+
+
+def test_teacher_is_ema_of_student(tiny_cases, tiny_config):
+    labeled, unlabeled = tiny_cases
+    run = TrainingRun(tiny_config, labeled, unlabeled)
+    events = run.events()
+    for _ in range(tiny_config.pretrain_iterations + 1):
+        next(events)
+    # one student step done: teacher = 0.99 * pretrained + 0.01 * student
+    pretrained = _weights(run.pretrained_model())
+    expected = 0.99 * pretrained + 0.01 * _weights(run.model)
+    teacher = torch.cat([p.detach().flatten() for p in run.teacher.parameters()])
+    params = torch.cat([p.detach().flatten() for p in run.model.parameters()])
+    base = torch.cat([p.detach().flatten() for p in run.pretrained_model().parameters()])
+    assert torch.allclose(teacher, 0.99 * base + 0.01 * params, atol=1e-6)
+    assert expected.shape == pretrained.shape
+
+
+def test_resume_continues_exactly(tiny_cases, tiny_config, tmp_path):
+    labeled, unlabeled = tiny_cases
+    straight = TrainingRun(tiny_config, labeled, unlabeled, out_dir=tmp_path / "a")
+    list(straight.events())
+
+    interrupted = TrainingRun(tiny_config, labeled, unlabeled, out_dir=tmp_path / "b")
+    events = interrupted.events()
+    for _ in range(6):  # stop mid self-training, right after a checkpoint (every 2 steps)
+        next(events)
+    events.close()
+    resumed = TrainingRun.resume(tmp_path / "b" / "last.pt", labeled, unlabeled, out_dir=tmp_path / "b")
+    assert (resumed.phase, resumed.iteration) == ("selftrain", 2)
+    list(resumed.events())
+    assert torch.allclose(_weights(straight.model), _weights(resumed.model), atol=1e-5)
+    assert torch.allclose(_weights(straight.teacher), _weights(resumed.teacher), atol=1e-5)
+
+
+def test_partial_annotation_only_counts_annotated_slices(tiny_config):
+    image, label = blob_volume(3)
+    annotated = np.zeros(label.shape, bool)
+    annotated[14:18] = True  # the user corrected four slices
+    case = make_case("partial", image, label, annotated=annotated)
+    run = TrainingRun(tiny_config, [case])
+    _, _, region = run.labeled.sample(8)
+    assert 0 < float(region.mean()) < 1  # crops carry annotated and unannotated voxels
+    events = list(run.events())
+    assert np.isfinite(events[-1].losses["total"])
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("no_labeled", "no labeled images"),
+    ("background_only", "only background"),
+    ("class_out_of_range", "outside the model's classes"),
+    ("two_d_for_3d", "3D model needs 3D volumes"),
+])
+def test_bad_training_input_is_refused(tiny_config, problem, message):
+    image, label = blob_volume(0)
+    labeled = [make_case("a", image, label)]
+    if problem == "no_labeled":
+        labeled = []
+    elif problem == "background_only":
+        labeled = [make_case("a", image, np.zeros_like(label))]
+    elif problem == "class_out_of_range":
+        labeled = [make_case("a", image, label * 3)]
+    elif problem == "two_d_for_3d":
+        labeled = [make_case("a", image[10], label[10])]
+    with pytest.raises(CVBMInputError, match=message):
+        TrainingRun(tiny_config, labeled)
