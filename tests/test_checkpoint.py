@@ -46,7 +46,7 @@ def test_crafted_pickle_is_refused_and_runs_nothing(tmp_path):
         load_model(evil)
     assert not marker.exists()
     with open(tmp_path / "plain.pkl", "wb") as f:
-        pickle.dump(_RunsCode(str(marker)), f)
+        pickle.dump(_RunsCode(str(marker)), f, protocol=2)
     with pytest.raises(CVBMInputError):
         load_model(tmp_path / "plain.pkl")
     assert not marker.exists()

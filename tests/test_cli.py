@@ -78,7 +78,7 @@ def test_empty_labeled_set(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "labels").mkdir()
     assert_one_error_line(cvbm("train", "--images", tmp_path / "images", "--labels", tmp_path / "labels",
-                               "--out", tmp_path / "o"), "No images")
+                               "--out", tmp_path / "o"), "found in")
 
 
 def test_shape_mismatch(tmp_path):
