@@ -53,19 +53,31 @@ def _progress_bar(events, desc_for_phase):
 PHASE_NAMES = {"pretrain": "teacher pre-training", "selftrain": "student self-training"}
 
 
-def train_with_progress(run):
-    """Drive a TrainingRun to the end with progress bars (used by `train` and `demo`)."""
-    for _ in _progress_bar(run.events(), PHASE_NAMES):
+def train_with_progress(run, show: bool = True):
+    """Drive a TrainingRun to the end, with progress bars when ``show`` (used by `train` and `demo`)."""
+    for _ in _progress_bar(run.events(), PHASE_NAMES) if show else run.events():
         pass
 
 
 def cmd_train(args) -> int:
+    from .core import distributed
     from .core.config import preset
     from .core.data import load_cases
     from .core.training import TrainingRun
 
+    distributed.init_from_environment()  # torchrun: one process per GPU (or CPU worker)
+    try:
+        return _train(args, distributed, preset, load_cases, TrainingRun)
+    finally:
+        distributed.finish()
+
+
+def _train(args, distributed, preset, load_cases, TrainingRun) -> int:
+    main_process = distributed.is_main_process()
+    say = print if main_process else (lambda *a, **k: None)
+
     num_classes = args.num_classes
-    labeled = load_cases(args.images, args.labels, num_classes)
+    labeled = load_cases(args.images, args.labels, num_classes, annotated_dir=args.annotated)
     if not labeled:
         raise CVBMInputError("empty labeled set")
     if num_classes is None:
@@ -74,20 +86,29 @@ def cmd_train(args) -> int:
     validation = load_cases(args.val_images, args.val_labels, num_classes) if args.val_images else []
     if args.resume:
         run = TrainingRun.resume(args.resume, labeled, unlabeled, validation, out_dir=args.out, device=args.device)
-        print(f"resuming {run.phase} at iteration {run.iteration} from {args.resume}")
+        say(f"resuming {run.phase} at iteration {run.iteration} from {args.resume}")
     else:
         overrides = dict(_parse_setting(s) for s in args.set)
         config = preset(args.preset, args.dim, num_classes=num_classes, **overrides)
         run = TrainingRun(config, labeled, unlabeled, validation, out_dir=args.out, device=args.device)
-    print(f"{len(labeled)} labeled, {len(unlabeled)} unlabeled, {len(validation)} validation image(s); "
-          f"device {run.device}; writing to {args.out}")
-    train_with_progress(run)
+    say(f"{len(labeled)} labeled, {len(unlabeled)} unlabeled, {len(validation)} validation image(s); "
+        f"device {run.device}; writing to {args.out}")
+    if distributed.is_distributed():
+        say(f"distributed: {distributed.world_size()} processes, each sampling its own patches")
+    train_with_progress(run, show=main_process)
+    if distributed.is_distributed():
+        agree = all(distributed.weights_agree(m, run.device) for m in (run.model, run.teacher) if m is not None)
+        say(f"ranks hold identical student and teacher weights: {'yes' if agree else 'NO'}")
+        if not agree:
+            raise CVBMInputError("distributed ranks diverged; the checkpoint was not written")
+    if not main_process:
+        return 0
     from .core.checkpoint import save_model
 
     final = save_model(Path(args.out) / "model.pt", run.final_model(), run.config, phase="final",
                        validation_dice=run.best_dice)
     note = f"validation Dice {run.best_dice:.4f}" if run.best_dice >= 0 else "no validation set: last weights"
-    print(f"saved {final} ({note})")
+    say(f"saved {final} ({note})")
     return 0
 
 
@@ -150,6 +171,12 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_gui(args) -> int:
+    from .launch import main as launch
+
+    return launch()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cvbm", description="CVBM semi-supervised segmentation (headless).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -157,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="pre-train the teacher, then self-train the student")
     p.add_argument("--images", required=True, help="folder of labeled images")
     p.add_argument("--labels", required=True, help="folder of label maps (same case names)")
+    p.add_argument("--annotated", help="folder of masks (same case names, non-zero = annotated) for partly "
+                                       "labeled volumes: only those voxels count as labeled")
     p.add_argument("--unlabeled", help="folder of unlabeled images")
     p.add_argument("--val-images", help="validation images (model selection)")
     p.add_argument("--val-labels", help="validation labels")
@@ -197,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("gui", help="open napari with the CVBM widgets and the sample data (needs napari)")
+    p.set_defaults(func=cmd_gui)
     return parser
 
 

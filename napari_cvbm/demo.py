@@ -58,12 +58,13 @@ def save_confidence_figure(path, case, pred) -> Path:
     fig, axes = plt.subplots(1, 4, figsize=(16, 4.4))
     for ax, (title, array, cmap, limits) in zip(axes, panels):
         shown = ax.imshow(array, cmap=cmap, clim=limits)
-        ax.contour(case.label[z] > 0, levels=[0.5], colors="cyan", linewidths=0.8)
+        ax.contour(case.label[z] > 0, levels=[0.5], colors="cyan", linewidths=0.9)
+        ax.contour(pred.labels[z] > 0, levels=[0.5], colors="orange", linewidths=0.9, linestyles="--")
         ax.set_title(title)
         ax.axis("off")
         if limits:
             fig.colorbar(shown, ax=ax, fraction=0.046)
-    fig.suptitle(f"{case.name}, slice {z}: CVBM student (cyan: ground truth)")
+    fig.suptitle(f"{case.name}, slice {z}: CVBM student (cyan: ground truth, dashed orange: prediction)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

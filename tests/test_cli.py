@@ -44,8 +44,11 @@ def make_folder(root: Path, n=2, shape=(32, 40, 40), label_shape=None, transform
 def test_train_predict_evaluate_resume(tmp_path):
     data = make_folder(tmp_path / "data")
     out = tmp_path / "run"
-    result = cvbm("train", "--images", data / "images", "--labels", data / "labels",
-                  "--unlabeled", data / "images", "--out", out, *TINY)
+    partly = np.zeros((32, 40, 40), np.uint8)
+    partly[12:16] = 1  # case c0: only four corrected slices count as labeled
+    write_image(data / "annotated" / "c0.nii.gz", partly)
+    result = cvbm("train", "--images", data / "images", "--labels", data / "labels", "--annotated",
+                  data / "annotated", "--unlabeled", data / "images", "--out", out, *TINY)
     assert result.returncode == 0, result.stderr
     assert {"model.pt", "last.pt", "best.pt", "pretrained.pt"} <= {p.name for p in out.iterdir()}
 
@@ -116,3 +119,10 @@ def test_bad_setting(tmp_path):
                                "--out", tmp_path / "o", "--set", "batch_labeled=3"), "even")
     assert_one_error_line(cvbm("train", "--images", data / "images", "--labels", data / "labels",
                                "--out", tmp_path / "o", "--set", "colour=blue"), "unknown")
+
+
+def test_annotated_mask_must_mark_something(tmp_path):
+    data = make_folder(tmp_path, n=1)
+    write_image(data / "annotated" / "c0.nii.gz", np.zeros((32, 40, 40), np.uint8))
+    assert_one_error_line(cvbm("train", "--images", data / "images", "--labels", data / "labels",
+                               "--annotated", data / "annotated", "--out", tmp_path / "o"), "annotated")

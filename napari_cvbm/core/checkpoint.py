@@ -40,6 +40,8 @@ def save_checkpoint(path, payload: dict) -> Path:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed writer
+        stale.unlink(missing_ok=True)
     if hasattr(os, "O_DIRECTORY"):
         fd = os.open(path.parent, os.O_DIRECTORY)
         try:
@@ -97,7 +99,11 @@ def load_model(path) -> Tuple[CVBMNet, TrainConfig]:
     return model.eval(), config
 
 
-def save_model(path, model: torch.nn.Module, config: TrainConfig, **meta) -> Path:
-    """A model-only checkpoint that ``cvbm predict`` and the napari widgets read."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+def save_model(path, model: torch.nn.Module, config: TrainConfig, dtype=None, **meta) -> Path:
+    """A model-only checkpoint that ``cvbm predict`` and the napari widgets read.
+
+    ``dtype=torch.float16`` halves the file (weights load back into float32 parameters).
+    """
+    state = {k: v.detach().cpu().to(dtype) if dtype is not None and v.is_floating_point() else v.detach().cpu()
+             for k, v in model.state_dict().items()}
     return save_checkpoint(path, {"kind": "model", "config": config.to_dict(), "model": state, **meta})

@@ -144,9 +144,11 @@ class PatchSampler:
         return [np.flip(a, axis) for a in arrays]
 
 
-def load_cases(images, labels_dir=None, num_classes=None) -> List[Case]:
+def load_cases(images, labels_dir=None, num_classes=None, annotated_dir=None) -> List[Case]:
     """Cases from a folder (or single file) of images, with labels matched by case name when
-    ``labels_dir`` is given. Any unreadable or inconsistent file raises CVBMInputError."""
+    ``labels_dir`` is given, and optional annotated-voxel masks (non-zero = annotated) from
+    ``annotated_dir`` for partly labeled volumes; cases without a mask there are fully annotated.
+    Any unreadable or inconsistent file raises CVBMInputError."""
     from .io import IMAGE_EXTENSIONS, list_images, pair_images_labels, read_image, read_labels, strip_extension
 
     images = Path(images)
@@ -157,10 +159,13 @@ def load_cases(images, labels_dir=None, num_classes=None) -> List[Case]:
         pairs = [(f, None) for f in files]
     else:
         pairs = pair_images_labels(images, labels_dir)
+    masks = {strip_extension(p): p for p in list_images(annotated_dir)} if annotated_dir else {}
     cases = []
     for image_path, label_path in pairs:
+        name = strip_extension(image_path)
         image = read_image(image_path)
         label = read_labels(label_path).array if label_path is not None else None
-        cases.append(make_case(strip_extension(image_path), image.array, label,
+        annotated = read_labels(masks[name]).array > 0 if name in masks else None
+        cases.append(make_case(name, image.array, label, annotated=annotated,
                                spacing=image.spacing, num_classes=num_classes))
     return cases

@@ -17,6 +17,7 @@ from .checkpoint import build_model, load_checkpoint, model_from_payload, save_c
 from .config import TrainConfig
 from .cutmix import cutmix, cutmix_mask, cutmix_pair
 from .data import Case, PatchSampler
+from . import distributed
 from .ema import ema_update
 from .errors import CVBMInputError
 from .inference import choose_device, predict
@@ -71,19 +72,22 @@ def _check_cases(config: TrainConfig, labeled: Sequence[Case], unlabeled: Sequen
 class TrainingRun:
     """State of one CVBM run: student, EMA teacher, optimiser, samplers, counters, best weights.
 
-    ``events()`` runs (or resumes) pre-training then self-training. With ``out_dir`` it writes
+    ``events()`` runs (or resumes) pre-training then self-training; ``initial_weights`` (a state
+    dict of the same configuration) starts both from a trained model (fine-tuning). With ``out_dir`` it writes
     ``last.pt`` (resumable, every ``checkpoint_every`` steps), ``pretrained.pt`` (the
     selected supervised-only teacher) and ``best.pt`` (the selected student).
     """
 
     def __init__(self, config: TrainConfig, labeled: Sequence[Case], unlabeled: Sequence[Case] = (),
-                 validation: Sequence[Case] = (), out_dir=None, device=None):
+                 validation: Sequence[Case] = (), out_dir=None, device=None,
+                 initial_weights: Optional[dict] = None):
         _check_cases(config, labeled, unlabeled)
         self.config = config
-        self.device = choose_device(device or "auto")
-        self.validation = list(validation)
-        self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.rng = np.random.default_rng(config.seed)
+        self.device = distributed.local_device(choose_device(device or "auto"))
+        self.main_process = distributed.is_main_process()
+        self.validation = list(validation) if self.main_process else []
+        self.out_dir = Path(out_dir) if out_dir is not None and self.main_process else None
+        self.rng = np.random.default_rng(config.seed + distributed.rank())  # each rank its own patches
         self.generator = torch.Generator().manual_seed(config.seed)
         torch.manual_seed(config.seed)
         sampler = dict(dim=config.dim, patch_size=config.patch_size, slice_size=config.slice_size,
@@ -92,7 +96,11 @@ class TrainingRun:
         # with no separate unlabeled images, the labeled images also serve as unlabeled ones
         pool = [Case(c.name, c.image, spacing=c.spacing) for c in (unlabeled or labeled)]
         self.unlabeled = PatchSampler(pool, **sampler)
-        self.model = build_model(config).to(self.device)
+        self.model = build_model(config)
+        if initial_weights is not None:  # fine-tuning: start from a trained model of the same config
+            self.model.load_state_dict(initial_weights)
+        self.model.to(self.device)
+        self.net = self._parallel(self.model)
         self.teacher: Optional[torch.nn.Module] = None
         self.phase = "pretrain"
         self.iteration = 0
@@ -155,7 +163,7 @@ class TrainingRun:
         y_a, y_b = cutmix_pair(labels[:half], labels[half:], mask)
         r_a, r_b = cutmix_pair(annotated[:half], annotated[half:], mask)
         terms: Dict[str, torch.Tensor] = {}
-        for output, y, region in zip(_split(self.model(torch.cat([x_a, x_b]))), (y_a, y_b), (r_a, r_b)):
+        for output, y, region in zip(_split(self.net(torch.cat([x_a, x_b]))), (y_a, y_b), (r_a, r_b)):
             parts = {"fg": softmax_seg_loss(output.fg, y, region)}
             if output.bg is not None:
                 parts["bg"] = complementary_seg_loss(output.bg, y, region)
@@ -187,7 +195,7 @@ class TrainingRun:
             (cutmix(x_l, x_u, mask), cutmix(fg_l, fg_u, mask), cutmix(bg_l, bg_u, mask), cutmix(ann, none, mask)),
             (cutmix(x_u, x_l, mask), cutmix(fg_u, fg_l, mask), cutmix(bg_u, bg_l, mask), cutmix(none, ann, mask)),
         ]
-        outputs = _split(self.model(torch.cat([m[0] for m in mixes])))
+        outputs = _split(self.net(torch.cat([m[0] for m in mixes])))
         lam = consistency_weight(self.iteration, cfg.selftrain_iterations, cfg.consistency_schedule,
                                  cfg.consistency_weight, cfg.consistency_rampup)
         terms: Dict[str, torch.Tensor] = {}
@@ -205,7 +213,7 @@ class TrainingRun:
         return {k: float(v.detach()) for k, v in terms.items()}, lam
 
     def _finish_pretraining(self):
-        self.pretrained_state = self._selected_state()
+        self.pretrained_state = distributed.broadcast_state(self._selected_state(), self.device)
         if self.out_dir is not None:
             self._save_weights(self.out_dir / "pretrained.pt", self.pretrained_state, "pretrain")
         self.model.load_state_dict(self.pretrained_state)
@@ -219,13 +227,21 @@ class TrainingRun:
             self.save(self.out_dir / "last.pt")
 
     def _finish_selftraining(self):
-        self.best_state = self._selected_state()
+        self.best_state = distributed.broadcast_state(self._selected_state(), self.device)
         self.phase = "done"
         if self.out_dir is not None:
             self._save_weights(self.out_dir / "best.pt", self.best_state, "selftrain")
             self.save(self.out_dir / "last.pt")
 
     # -- helpers ------------------------------------------------------------------------
+    def _parallel(self, model: torch.nn.Module) -> torch.nn.Module:
+        """DistributedDataParallel under torchrun (gradients all-reduced), the model itself otherwise."""
+        if not distributed.is_distributed():
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=ids, find_unused_parameters=not self.config.pretrain_mix_head)
+
     def _new_optimizer(self):
         cfg = self.config
         return torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
@@ -297,7 +313,8 @@ class TrainingRun:
             for p in run.teacher.parameters():
                 p.requires_grad_(False)
         run.optimizer.load_state_dict(payload["optimizer"])
-        run.rng.bit_generator.state = payload["rng"]["numpy"]
+        run.rng.bit_generator.state = payload["rng"]["numpy"] if distributed.rank() == 0 else \
+            np.random.default_rng([config.seed, distributed.rank(), run.iteration]).bit_generator.state
         run.generator.set_state(payload["rng"]["cutmix"])
         torch.set_rng_state(payload["rng"]["torch"])
         return run

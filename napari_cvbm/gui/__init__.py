@@ -1,0 +1,1 @@
+"""napari widgets: they only wire the headless engine (``napari_cvbm.core``) to the viewer."""
