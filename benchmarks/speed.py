@@ -1,0 +1,159 @@
+"""Speed benchmark: conv limit, training iterations/s with FLOPs, inference, peak memory.
+
+    python benchmarks/speed.py [--device auto] [--quick] [--json docs/performance.json]
+
+Prints a table and writes JSON. Training iterations are timed after warm-up steps; FLOPs per
+iteration are counted with torch.utils.flop_counter on one real iteration. "fraction of limit"
+divides achieved FLOP/s by the dense conv throughput measured in the same run.
+"""
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from napari_cvbm.core.checkpoint import build_model
+from napari_cvbm.core.config import preset
+from napari_cvbm.core.data import make_case
+from napari_cvbm.core.inference import choose_device, predict
+from napari_cvbm.core.training import TrainingRun
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device, repeats):
+    fn()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def conv_limit(device, dim, repeats):
+    """GFLOP/s of a dense 3x3(x3) conv, forward + backward, float32, the networks' layout."""
+    conv = (torch.nn.Conv3d if dim == 3 else torch.nn.Conv2d)(32, 32, 3, padding=1).to(device)
+    shape = (4, 32, 32, 48, 48) if dim == 3 else (16, 32, 128, 128)
+    x = torch.randn(shape, device=device, requires_grad=True)
+
+    def step():
+        conv(x).sum().backward()
+
+    seconds = _timed(step, device, repeats)
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops() / seconds / 1e9
+
+
+def _cases(dim, shape, n, seed):
+    rng = np.random.default_rng(seed)
+    cases = []
+    for i in range(n):
+        label = np.zeros(shape, np.int64)
+        centre = tuple(s // 2 for s in shape)
+        label[tuple(slice(c - s // 4, c + s // 4) for c, s in zip(centre, shape))] = 1
+        cases.append(make_case(f"c{i}", label + rng.normal(0, 0.5, shape), label))
+    return cases
+
+
+def training_speed(name, dim, device, steps, shape):
+    """Per phase: one step under the FLOP counter (also the warm-up), then ``steps`` timed steps."""
+    config = preset(name, dim, pretrain_iterations=steps + 1, selftrain_iterations=steps + 1,
+                    checkpoint_every=10 ** 6, validate_every=10 ** 6)
+    cases = _cases(dim, shape, 2, 0)
+    events = TrainingRun(config, cases, cases, device=str(device)).events()
+    result = {}
+    for phase in ("pretrain", "selftrain"):
+        with FlopCounterMode(display=False) as counter:
+            next(events)
+        flops = counter.get_total_flops()
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            next(events)
+        _sync(device)
+        seconds = (time.perf_counter() - start) / steps
+        result[phase] = {"it_per_s": 1 / seconds, "ms_per_it": 1000 * seconds, "gflop_per_it": flops / 1e9,
+                         "gflop_per_s": flops / seconds / 1e9}
+    return result
+
+
+def inference_speed(device, shape, repeats):
+    from monai.inferers import sliding_window_inference
+
+    config = preset("cpu", 3)
+    model = build_model(config).to(device).eval()
+    image = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    patch = config.patch_size
+    x = torch.from_numpy(image)[None, None].to(device)
+
+    def monai_plain():
+        with torch.inference_mode():
+            sliding_window_inference(x, patch, 4, model.forward_fg, overlap=0.5, mode="gaussian")
+
+    out = {}
+    for label, fn in (
+        ("fg only (predict heads=fg)", lambda: predict(model, image, heads="fg", patch_size=patch, device=device)),
+        ("all three heads (predict heads=all)", lambda: predict(model, image, heads="all", patch_size=patch,
+                                                                device=device)),
+        ("MONAI sliding_window_inference, plain net", monai_plain),
+    ):
+        out[label] = _timed(fn, device, repeats)
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, cpu preset only")
+    parser.add_argument("--json", default="benchmarks/speed.json")
+    args = parser.parse_args()
+    device = choose_device(args.device)
+    repeats = 2 if args.quick else 5
+    report = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    report["conv_limit_gflops"] = {f"{d}d": conv_limit(device, d, repeats) for d in (2, 3)}
+    presets = [("cpu", 3, (48, 64, 64)), ("cpu", 2, (8, 160, 160))]
+    if not args.quick:
+        presets += [("paper", 3, (88, 128, 128)), ("paper", 2, (4, 256, 256))]
+    report["training"] = {}
+    for name, dim, shape in presets:
+        steps = 3 if name == "paper" and device.type == "cpu" else repeats * 2
+        result = training_speed(name, dim, device, steps, shape)
+        limit = report["conv_limit_gflops"][f"{dim}d"]
+        for phase in result.values():
+            phase["fraction_of_conv_limit"] = phase["gflop_per_s"] / limit
+        report["training"][f"{name} {dim}D"] = result
+    report["inference_s_per_volume_88x144x176"] = inference_speed(device, (88, 144, 176), repeats)
+    report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.type == "cuda":
+        report["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+
+    print(f"device {report['device']}, torch {report['torch']}, {report['threads']} threads")
+    print("dense conv limit (fwd+bwd, fp32): " + ", ".join(f"{k} {v:.1f} GFLOP/s"
+                                                        for k, v in report["conv_limit_gflops"].items()))
+    print(f"{'training':<14}{'phase':<11}{'it/s':>8}{'ms/it':>10}{'GFLOP/it':>10}{'GFLOP/s':>9}{'of limit':>9}")
+    for key, phases in report["training"].items():
+        for phase, r in phases.items():
+            print(f"{key:<14}{phase:<11}{r['it_per_s']:>8.2f}{r['ms_per_it']:>10.0f}{r['gflop_per_it']:>10.1f}"
+                  f"{r['gflop_per_s']:>9.1f}{100 * r['fraction_of_conv_limit']:>8.0f}%")
+    print("sliding-window inference, 88x144x176 volume, cpu-preset V-Net:")
+    for key, seconds in report["inference_s_per_volume_88x144x176"].items():
+        print(f"  {key:<45}{seconds:8.2f} s")
+    print(f"peak RSS {report['peak_rss_mb']:.0f} MB" + (f", CUDA max allocated {report['cuda_max_allocated_mb']:.0f} MB"
+                                                      if "cuda_max_allocated_mb" in report else ""))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2))
+    print(f"written {args.json}")
+
+
+if __name__ == "__main__":
+    main()

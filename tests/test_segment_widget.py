@@ -1,0 +1,212 @@
+"""Segment widget in a real napari viewer: layers, re-runs, compare mode, model changes, bad input."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari.utils.notifications import NotificationSeverity, notification_manager  # noqa: E402
+
+from napari_cvbm.core.checkpoint import build_model, save_model  # noqa: E402
+from napari_cvbm.core.config import preset  # noqa: E402
+from napari_cvbm.core.io import read_image, read_labels  # noqa: E402
+from napari_cvbm.gui import models  # noqa: E402
+from napari_cvbm.gui.layers import ROLES  # noqa: E402
+
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "labeled"
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture
+def store(monkeypatch):
+    """A fresh model store for the widget, so tests do not share models."""
+    fresh = models.ModelStore()
+    monkeypatch.setattr(models, "MODEL_STORE", fresh)
+    return fresh
+
+
+def tiny_checkpoint(path, seed=0):
+    """A randomly initialised width-4 3D model saved as a checkpoint."""
+    torch.manual_seed(seed)
+    config = preset("cpu", 3, width=4, patch_size=(32, 48, 48))
+    return save_model(path, build_model(config), config)
+
+
+@pytest.fixture
+def viewer_widget(make_napari_viewer, store):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-cvbm", "Segment")
+    return viewer, widget
+
+
+@pytest.fixture
+def tiny_widget(viewer_widget, tmp_path):
+    """Viewer and widget with a tiny random model active (fast, independent of the starter)."""
+    viewer, widget = viewer_widget
+    assert widget.load_checkpoint(tiny_checkpoint(tmp_path / "tiny.pt")) == "file: tiny.pt"
+    return viewer, widget
+
+
+@pytest.fixture
+def notifications():
+    seen = []
+    notification_manager.notification_ready.connect(seen.append)
+    yield seen
+    notification_manager.notification_ready.disconnect(seen.append)
+
+
+def errors(seen):
+    return [n.message for n in seen if n.severity == NotificationSeverity.ERROR]
+
+
+def add_sample(viewer):
+    image = read_image(SAMPLE / "images" / "case_001.nii.gz")
+    return viewer.add_image(image.array, name="case_001", scale=image.spacing)
+
+
+def segment(qtbot, widget, layer=None):
+    worker = widget.segment(layer)
+    assert worker is not None
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+    return worker
+
+
+def made_layers(viewer, source="case_001"):
+    return {layer.metadata["cvbm_role"]: layer for layer in viewer.layers
+            if layer.metadata.get("cvbm_source") == source}
+
+
+def check_layers(layers, image):
+    assert set(layers) == set(ROLES)
+    for role, layer in layers.items():
+        assert layer.metadata["cvbm_role"] == role
+        np.testing.assert_allclose(layer.scale, image.scale)
+        np.testing.assert_allclose(layer.translate, image.translate)
+        assert layer.data.shape == image.data.shape
+    seg = layers["segmentation"]
+    assert seg.name.startswith("case_001 CVBM segmentation")  # napari adds " [1]" to a taken name
+    assert set(np.unique(seg.data)) <= {0, 1}
+    np.testing.assert_array_equal(seg.metadata["cvbm_original"], seg.data)
+    assert seg.metadata["cvbm_original"] is not seg.data
+    for view in ("fg", "bg", "mix"):
+        prob = layers[f"prob_{view}_view"]
+        assert prob.name == f"case_001 P(fg) {view} view"
+        assert 0.0 <= prob.data.min() and prob.data.max() <= 1.0
+        assert prob.visible == (view == "fg")
+    fg_conf, bg_conf = layers["confidence_fg"], layers["confidence_bg"]
+    for conf in (fg_conf, bg_conf):
+        assert conf.data.min() >= 0.5 - 1e-6 and conf.data.max() <= 1.0 + 1e-6
+    assert fg_conf.colormap.name == bg_conf.colormap.name
+    assert tuple(fg_conf.contrast_limits) == tuple(bg_conf.contrast_limits) == (0.5, 1.0)
+    dis = layers["disagreement"]
+    assert not dis.visible and 0.0 <= dis.data.min() and dis.data.max() <= 1.0
+
+
+@pytest.mark.skipif(not models.STARTER_PATH.is_file(), reason="starter model not trained yet")
+def test_starter_model_segments_the_sample(viewer_widget, qtbot):
+    viewer, widget = viewer_widget
+    image = add_sample(viewer)
+    assert widget._image.value is image
+    assert "3D V-Net" in widget._model_info.value
+    segment(qtbot, widget)
+    layers = made_layers(viewer)
+    check_layers(layers, image)
+    truth = read_labels(SAMPLE / "labels" / "case_001.nii.gz").array > 0
+    pred = layers["segmentation"].data > 0
+    dice = 2 * np.sum(pred & truth) / (pred.sum() + truth.sum())
+    assert dice > 0.7, dice
+
+
+def test_rerun_replaces_own_layers_and_keeps_the_users(tiny_widget, qtbot, notifications):
+    viewer, widget = tiny_widget
+    image = add_sample(viewer)
+    user = viewer.add_labels(np.ones(image.data.shape, np.uint8), name="case_001 CVBM segmentation",
+                             scale=image.scale)
+    segment(qtbot, widget)
+    first = made_layers(viewer)
+    check_layers(first, image)
+    assert widget._image.choices == (image,)  # the maps it made are not offered for segmenting
+    count = len(viewer.layers)
+    assert count == 2 + len(ROLES)
+
+    assert widget.segment() is not None
+    assert not widget._segment_button.isEnabled()
+    assert widget.segment() is None  # refused while running
+    assert any("already running" in n.message for n in notifications)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+    assert len(viewer.layers) == count
+    assert made_layers(viewer) == first  # same layer objects, updated in place
+    assert user in viewer.layers and user.name == "case_001 CVBM segmentation"
+    assert np.all(user.data == 1) and "cvbm_role" not in user.metadata
+    assert not errors(notifications)
+
+
+def test_compare_mode_shows_confidences_side_by_side_and_restores(tiny_widget, qtbot):
+    viewer, widget = tiny_widget
+    add_sample(viewer)
+    segment(qtbot, widget)
+    before = {layer.name: layer.visible for layer in viewer.layers}
+    grid_before = (viewer.grid.enabled, viewer.grid.stride, viewer.grid.shape)
+
+    assert widget.set_compare(True)
+    layers = made_layers(viewer)
+    shown = [layer for layer in viewer.layers if layer.visible]
+    assert shown == [layers["confidence_fg"], layers["confidence_bg"]]
+    assert viewer.grid.enabled and viewer.grid.actual_shape(viewer.layers) == (1, 2)
+    assert widget._compare_button.isChecked()
+    assert layers["confidence_fg"].colorbar.visible and layers["confidence_bg"].name_overlay.visible
+
+    assert not widget.set_compare(False)
+    assert {layer.name: layer.visible for layer in viewer.layers} == before
+    assert (viewer.grid.enabled, viewer.grid.stride, viewer.grid.shape) == grid_before
+    assert not widget._compare_button.isChecked()
+    assert not layers["confidence_fg"].colorbar.visible and not layers["confidence_bg"].name_overlay.visible
+
+
+def test_compare_before_segmenting_warns(viewer_widget, notifications):
+    viewer, widget = viewer_widget
+    assert not widget.set_compare(True)
+    assert not viewer.grid.enabled and not widget._compare_button.isChecked()
+    assert any("Nothing to compare" in n.message for n in notifications)
+
+
+def test_model_change_resegments_the_last_image(tiny_widget, qtbot, tmp_path, store):
+    viewer, widget = tiny_widget
+    add_sample(viewer)
+    first = segment(qtbot, widget)
+    prob = made_layers(viewer)["prob_fg_view"]
+    before = prob.data.copy()
+    assert widget.set_compare(True)
+
+    name = widget.load_checkpoint(tiny_checkpoint(tmp_path / "other.pt", seed=1))
+    assert store.active == name and widget._model.value == name
+    assert widget.last_worker is not first
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+    assert made_layers(viewer)["prob_fg_view"] is prob
+    assert not np.allclose(prob.data, before)
+    assert viewer.grid.enabled and len([layer for layer in viewer.layers if layer.visible]) == 2
+
+
+def test_unreadable_checkpoint_is_an_error_notification(viewer_widget, tmp_path, notifications, store):
+    _, widget = viewer_widget
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert widget.load_checkpoint(bad) is None
+    assert any("broken.pt" in message for message in errors(notifications))
+    assert store.names() == [models.STARTER]
+
+
+def test_bad_images_are_refused_with_notifications(tiny_widget, qtbot, notifications):
+    viewer, widget = tiny_widget
+    flat = viewer.add_image(np.random.default_rng(0).random((64, 64), np.float32), name="slice")
+    segment(qtbot, widget, flat)
+    assert any("3D model" in message for message in errors(notifications)), widget._status.value
+
+    rgb = viewer.add_image(np.zeros((32, 32, 3), np.uint8), name="photo", rgb=True)
+    assert widget.segment(rgb) is None
+    assert any("RGB" in message for message in errors(notifications))
+    assert not made_layers(viewer, "slice") and widget._segment_button.isEnabled()
