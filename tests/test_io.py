@@ -326,3 +326,19 @@ def test_sample_data_generator_reproduces_files():
     image, label = synthetic.generate_case(1)
     np.testing.assert_array_equal(read_labels(SAMPLE / "labeled/labels/case_001.nii.gz").array, label)
     np.testing.assert_array_equal(read_image(SAMPLE / "labeled/images/case_001.nii.gz").array, image)
+
+
+def test_flipped_bit_in_nifti_gz_is_detected(tmp_path):
+    """gzip's CRC is checked: a silently corrupted volume is refused, not read with wrong values."""
+    import random
+
+    source = (Path(__file__).resolve().parent.parent / "sample_data" / "labeled" / "images" / "case_001.nii.gz")
+    raw = source.read_bytes()
+    rng = random.Random(1)
+    for trial in range(10):
+        damaged = bytearray(raw)
+        damaged[rng.randrange(100, len(raw))] ^= 1 << rng.randrange(8)
+        path = tmp_path / f"flip{trial}.nii.gz"
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(CVBMInputError):
+            read_image(path)

@@ -57,7 +57,11 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, list[float], np.ndarray]:
     import nibabel as nib
 
     try:
-        img = nib.load(str(path), mmap=False)
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":  # decompress it all so gzip's CRC catches flipped bits
+            raw = gzip.decompress(raw)
+        nifti2 = 540 in (int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big"))  # sizeof_hdr
+        img = (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_bytes(raw)
         data = np.asanyarray(img.dataobj)  # applies scl_slope / scl_inter when set
         zooms = [float(z) for z in img.header.get_zooms()]
         affine = np.array(img.affine, dtype=np.float64)
