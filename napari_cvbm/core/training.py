@@ -64,8 +64,8 @@ def _check_cases(config: TrainConfig, labeled: Sequence[Case], unlabeled: Sequen
         if case.label.max() >= config.num_classes:
             raise CVBMInputError(f"{case.name}: label value {int(case.label.max())} is outside the "
                                  f"model's classes 0..{config.num_classes - 1}")
-    counted = [c.label[c.annotated] if c.annotated is not None else c.label for c in labeled]
-    if not any((lab > 0).any() for lab in counted):
+    # all-background labels teach nothing, unless the user marked them as checked (erased false positives)
+    if all(c.annotated is None and not (c.label > 0).any() for c in labeled):
         raise CVBMInputError("the labeled images contain only background: label at least one structure")
 
 

@@ -43,8 +43,9 @@ def _put_layer(viewer, image: Image, role: str, layer_type, data: np.ndarray,
         viewer.layers.remove(layer)
         layer = None
     if layer is None:
+        geometry = {k: image.metadata[k] for k in ("affine", "spacing") if k in image.metadata}  # for the writer
         layer = layer_type(data, name=name, scale=image.scale, translate=image.translate,
-                           metadata={"cvbm_role": role, "cvbm_source": image.name}, **display)
+                           metadata={"cvbm_role": role, "cvbm_source": image.name, **geometry}, **display)
         return viewer.add_layer(layer)
     layer.data = data
     layer.scale, layer.translate = image.scale, image.translate
