@@ -164,7 +164,13 @@ def load_cases(images, labels_dir=None, num_classes=None, annotated_dir=None) ->
     for image_path, label_path in pairs:
         name = strip_extension(image_path)
         image = read_image(image_path)
-        label = read_labels(label_path).array if label_path is not None else None
+        label = None
+        if label_path is not None:
+            labels = read_labels(label_path)
+            label = labels.array
+            if label.shape == image.array.shape and not np.allclose(labels.spacing, image.spacing, rtol=1e-3):
+                raise CVBMInputError(f"{name}: label spacing {tuple(labels.spacing)} does not match image "
+                                     f"spacing {tuple(image.spacing)} ({label_path.name} vs {image_path.name})")
         annotated = read_labels(masks[name]).array > 0 if name in masks else None
         cases.append(make_case(name, image.array, label, annotated=annotated,
                                spacing=image.spacing, num_classes=num_classes))
