@@ -106,7 +106,6 @@ def check_layers(layers, image):
     assert not dis.visible and 0.0 <= dis.data.min() and dis.data.max() <= 1.0
 
 
-@pytest.mark.skipif(not models.STARTER_PATH.is_file(), reason="starter model not trained yet")
 def test_starter_model_segments_the_sample(viewer_widget, qtbot):
     viewer, widget = viewer_widget
     image = add_sample(viewer)
@@ -150,19 +149,19 @@ def test_compare_mode_shows_confidences_side_by_side_and_restores(tiny_widget, q
     add_sample(viewer)
     segment(qtbot, widget)
     before = {layer.name: layer.visible for layer in viewer.layers}
-    grid_before = (viewer.grid.enabled, viewer.grid.stride, viewer.grid.shape)
+    grid_before = (viewer.canvas.grid.enabled, viewer.canvas.grid.stride, viewer.canvas.grid.shape)
 
     assert widget.set_compare(True)
     layers = made_layers(viewer)
     shown = [layer for layer in viewer.layers if layer.visible]
     assert shown == [layers["confidence_fg"], layers["confidence_bg"]]
-    assert viewer.grid.enabled and viewer.grid.actual_shape(viewer.layers) == (1, 2)
+    assert viewer.canvas.grid.enabled and viewer.canvas.grid.actual_shape(viewer.layers) == (1, 2)
     assert widget._compare_button.isChecked()
     assert layers["confidence_fg"].colorbar.visible and layers["confidence_bg"].name_overlay.visible
 
     assert not widget.set_compare(False)
     assert {layer.name: layer.visible for layer in viewer.layers} == before
-    assert (viewer.grid.enabled, viewer.grid.stride, viewer.grid.shape) == grid_before
+    assert (viewer.canvas.grid.enabled, viewer.canvas.grid.stride, viewer.canvas.grid.shape) == grid_before
     assert not widget._compare_button.isChecked()
     assert not layers["confidence_fg"].colorbar.visible and not layers["confidence_bg"].name_overlay.visible
 
@@ -170,7 +169,7 @@ def test_compare_mode_shows_confidences_side_by_side_and_restores(tiny_widget, q
 def test_compare_before_segmenting_warns(viewer_widget, notifications):
     viewer, widget = viewer_widget
     assert not widget.set_compare(True)
-    assert not viewer.grid.enabled and not widget._compare_button.isChecked()
+    assert not viewer.canvas.grid.enabled and not widget._compare_button.isChecked()
     assert any("Nothing to compare" in n.message for n in notifications)
 
 
@@ -188,7 +187,7 @@ def test_model_change_resegments_the_last_image(tiny_widget, qtbot, tmp_path, st
     qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
     assert made_layers(viewer)["prob_fg_view"] is prob
     assert not np.allclose(prob.data, before)
-    assert viewer.grid.enabled and len([layer for layer in viewer.layers if layer.visible]) == 2
+    assert viewer.canvas.grid.enabled and len([layer for layer in viewer.layers if layer.visible]) == 2
 
 
 def test_unreadable_checkpoint_is_an_error_notification(viewer_widget, tmp_path, notifications, store):

@@ -292,7 +292,7 @@ class SegmentWidget(QWidget):
             show_warning("Nothing to compare yet: segment an image with a model that has a background "
                          "branch first.")
             return False
-        grid = self.viewer.grid
+        grid = self.viewer.canvas.grid
         self._compare_state = {
             "visible": {layer: layer.visible for layer in self.viewer.layers},
             "grid": (grid.enabled, grid.stride, grid.shape),
@@ -312,7 +312,7 @@ class SegmentWidget(QWidget):
 
     def _leave_compare(self):
         state, self._compare_state = self._compare_state, None
-        grid = self.viewer.grid
+        grid = self.viewer.canvas.grid
         grid.enabled, grid.stride, grid.shape = state["grid"]
         for layer, (name_visible, colorbar_visible, colorbar_position) in state["overlays"].items():
             layer.name_overlay.visible = name_visible
