@@ -83,13 +83,15 @@ def _files(path) -> list[Path]:
 def _layer(file: Path) -> tuple:
     """One LayerData tuple: labels when ``file`` looks like a label map, else a float image."""
     labels = _label_map(file) if _named_like_labels(file) else None
-    data = labels if labels is not None else read_image(file)
+    data = labels if labels is not None else read_image(file, channel="all")
     metadata = {"spacing": data.spacing}
     if data.affine is not None:
         metadata["affine"] = data.affine
     if labels is not None:
         metadata["cvbm_role"] = LABEL_ROLE
     kwargs = {"name": strip_extension(file), "scale": data.spacing, "metadata": metadata}
+    if data.array.ndim == 4:  # channels or time frames: one 3D layer each, which the widgets can use
+        kwargs["channel_axis"] = 0
     return data.array, kwargs, "image" if labels is None else "labels"
 
 

@@ -50,6 +50,7 @@ def _progress_bar(events, desc_for_phase):
             bar.close()
 
 
+CHANNEL_HELP = "for 4D images (several channels or time frames): the one to use, from 0"
 PHASE_NAMES = {"pretrain": "teacher pre-training", "selftrain": "student self-training"}
 
 
@@ -77,13 +78,14 @@ def _train(args, distributed, preset, load_cases, TrainingRun) -> int:
     say = print if main_process else (lambda *a, **k: None)
 
     num_classes = args.num_classes
-    labeled = load_cases(args.images, args.labels, num_classes, annotated_dir=args.annotated)
+    labeled = load_cases(args.images, args.labels, num_classes, annotated_dir=args.annotated, channel=args.channel)
     if not labeled:
         raise CVBMInputError("empty labeled set")
     if num_classes is None:
         num_classes = max(2, max(int(c.label.max()) for c in labeled) + 1)
-    unlabeled = load_cases(args.unlabeled) if args.unlabeled else []
-    validation = load_cases(args.val_images, args.val_labels, num_classes) if args.val_images else []
+    unlabeled = load_cases(args.unlabeled, channel=args.channel) if args.unlabeled else []
+    validation = load_cases(args.val_images, args.val_labels, num_classes, channel=args.channel) \
+        if args.val_images else []
     if args.resume:
         run = TrainingRun.resume(args.resume, labeled, unlabeled, validation, out_dir=args.out, device=args.device)
         say(f"resuming {run.phase} at iteration {run.iteration} from {args.resume}")
@@ -125,7 +127,7 @@ def cmd_predict(args) -> int:
     out = Path(args.out)
     heads = "fg" if args.mode == "fg" and not args.probabilities else "all"
     for path in tqdm(files, desc="predict", unit="image", disable=len(files) < 2):
-        image = read_image(path)
+        image = read_image(path, channel=args.channel)
         pred = predict(model, image.array, mode=args.mode, heads=heads, patch_size=config.patch_size,
                        slice_size=config.slice_size, overlap=config.inference_overlap,
                        device=args.device, largest_component=args.largest_component)
@@ -197,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder for checkpoints")
     p.add_argument("--resume", help="training checkpoint (last.pt) to continue from")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--channel", type=int, help=CHANNEL_HELP)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("predict", help="segment an image or a folder of images")
@@ -209,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--largest-component", action="store_true", help="keep the largest component per class")
     p.add_argument("--format", choices=(".nii.gz", ".nii", ".tif", ".tiff"), help="output format (default: input's)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--channel", type=int, help=CHANNEL_HELP)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="Dice, Jaccard, 95HD and ASD of predictions against labels")

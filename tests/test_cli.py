@@ -126,3 +126,20 @@ def test_annotated_mask_must_mark_something(tmp_path):
     write_image(data / "annotated" / "c0.nii.gz", np.zeros((32, 40, 40), np.uint8))
     assert_one_error_line(cvbm("train", "--images", data / "images", "--labels", data / "labels",
                                "--annotated", data / "annotated", "--out", tmp_path / "o"), "annotated")
+
+
+def test_4d_image_needs_a_channel(tmp_path):
+    import nibabel as nib
+
+    from napari_cvbm.core.checkpoint import build_model, save_model
+    from napari_cvbm.core.config import preset
+
+    config = preset("cpu", 3, width=4, patch_size=(32, 32, 32))
+    model = save_model(tmp_path / "m.pt", build_model(config), config)
+    frames = np.random.default_rng(0).normal(size=(20, 24, 16, 2)).astype(np.float32)
+    nib.save(nib.Nifti1Image(frames, np.eye(4)), str(tmp_path / "cine.nii.gz"))
+    assert_one_error_line(cvbm("predict", model, tmp_path / "cine.nii.gz", "--out", tmp_path / "p"),
+                          "2 channels or time frames", "--channel")
+    result = cvbm("predict", model, tmp_path / "cine.nii.gz", "--out", tmp_path / "p", "--channel", "1")
+    assert result.returncode == 0, result.stderr
+    assert read_labels(tmp_path / "p" / "cine.nii.gz").array.shape == (16, 24, 20)

@@ -124,11 +124,22 @@ def test_singleton_axes_are_squeezed(tmp_path):
     assert len(image.spacing) == 2
 
 
-def test_4d_and_1d_are_rejected(tmp_path):
-    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6, 2), np.float32), np.eye(4)), str(tmp_path / "t.nii.gz"))
-    with pytest.raises(CVBMInputError, match=r"shape \(2, 6, 5, 4\); expected a 2D or 3D scalar image") as err:
+def test_4d_needs_a_channel_and_1d_5d_are_rejected(tmp_path):
+    frames = np.stack([np.full((4, 5, 6), k, np.float32) for k in range(2)], axis=-1)  # (x, y, z, t)
+    nib.save(nib.Nifti1Image(frames, np.diag([2.0, 1.0, 0.5, 1.0])), str(tmp_path / "t.nii.gz"))
+    with pytest.raises(CVBMInputError, match=r"holds 2 channels or time frames .*--channel K, K = 0..1") as err:
         read_image(tmp_path / "t.nii.gz")
     assert_one_line_naming(err, tmp_path / "t.nii.gz")
+    second = read_image(tmp_path / "t.nii.gz", channel=1)
+    assert second.array.shape == (6, 5, 4) and (second.array == 1).all()
+    assert second.spacing == pytest.approx((0.5, 1.0, 2.0))
+    both = read_image(tmp_path / "t.nii.gz", channel="all")
+    assert both.array.shape == (2, 6, 5, 4) and both.spacing == pytest.approx((0.5, 1.0, 2.0))
+    with pytest.raises(CVBMInputError, match="channel 2 does not exist"):
+        read_image(tmp_path / "t.nii.gz", channel=2)
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6, 2, 3), np.float32), np.eye(4)), str(tmp_path / "five.nii.gz"))
+    with pytest.raises(CVBMInputError, match="expected a 2D or 3D scalar image"):
+        read_image(tmp_path / "five.nii.gz", channel=0)
     nib.save(nib.Nifti1Image(np.zeros((5, 1, 1), np.float32), np.eye(4)), str(tmp_path / "line.nii"))
     with pytest.raises(CVBMInputError, match="expected a 2D or 3D"):
         read_image(tmp_path / "line.nii")

@@ -321,3 +321,15 @@ def test_viewer_saves_selected_layer_with_our_writer(make_napari_viewer, tmp_pat
         np.testing.assert_array_equal(saved.array, np.asarray(layer.data, np.float32))
         assert saved.spacing == pytest.approx(tuple(layer.scale))
     assert read(str(tmp_path / "saved_seg.nii.gz"))[0][2] == "labels"
+
+
+def test_4d_nifti_opens_as_one_layer_per_frame(make_napari_viewer, tmp_path):
+    import nibabel as nib
+
+    frames = np.stack([np.full((8, 9, 10), k, np.float32) for k in range(3)], axis=-1)
+    nib.save(nib.Nifti1Image(frames, np.diag([1.0, 1.0, 2.0, 1.0])), str(tmp_path / "cine.nii.gz"))
+    viewer = make_napari_viewer()
+    layers = viewer.open(tmp_path / "cine.nii.gz", plugin="napari-cvbm")
+    assert len(layers) == 3 and all(layer.data.shape == (10, 9, 8) for layer in layers)
+    assert [float(layer.data.max()) for layer in layers] == [0.0, 1.0, 2.0]
+    np.testing.assert_allclose(layers[0].scale, (2.0, 1.0, 1.0))

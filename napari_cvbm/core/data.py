@@ -144,10 +144,11 @@ class PatchSampler:
         return [np.flip(a, axis) for a in arrays]
 
 
-def load_cases(images, labels_dir=None, num_classes=None, annotated_dir=None) -> List[Case]:
+def load_cases(images, labels_dir=None, num_classes=None, annotated_dir=None, channel=None) -> List[Case]:
     """Cases from a folder (or single file) of images, with labels matched by case name when
     ``labels_dir`` is given, and optional annotated-voxel masks (non-zero = annotated) from
     ``annotated_dir`` for partly labeled volumes; cases without a mask there are fully annotated.
+    ``channel`` picks one volume of 4D (multi-channel or multi-frame) images.
     Any unreadable or inconsistent file raises CVBMInputError."""
     from .io import IMAGE_EXTENSIONS, list_images, pair_images_labels, read_image, read_labels, strip_extension
 
@@ -163,7 +164,7 @@ def load_cases(images, labels_dir=None, num_classes=None, annotated_dir=None) ->
     cases = []
     for image_path, label_path in pairs:
         name = strip_extension(image_path)
-        image = read_image(image_path)
+        image = read_image(image_path, channel=channel)
         label = None
         if label_path is not None:
             labels = read_labels(label_path)

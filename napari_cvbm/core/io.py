@@ -134,7 +134,8 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, list[float]]:
     return data, [res.get(axis, 1.0) for axis in axes]
 
 
-def _read(path: str | os.PathLike) -> ImageData:
+def _read(path: str | os.PathLike, channels: bool = False) -> ImageData:
+    """Read and squeeze; with ``channels`` a 4D array (channels or time frames first) is kept."""
     path = Path(path)
     if not path.exists():
         raise CVBMInputError(f"File not found: {path}")
@@ -153,7 +154,10 @@ def _read(path: str | os.PathLike) -> ImageData:
     if data.size == 0:
         raise CVBMInputError(f"{path} is empty (shape {data.shape})")
     keep = [i for i, size in enumerate(data.shape) if size > 1]
-    if len(keep) not in (2, 3):
+    if len(keep) == 4 and not channels:
+        raise CVBMInputError(f"{path} holds {data.shape[keep[0]]} channels or time frames (shape {data.shape}); "
+                             f"choose one (cvbm: --channel K, K = 0..{data.shape[keep[0]] - 1})")
+    if len(keep) not in ((2, 3, 4) if channels else (2, 3)):
         raise CVBMInputError(f"{path} has shape {data.shape}; expected a 2D or 3D scalar image")
     if data.dtype.kind not in "biuf":
         raise CVBMInputError(f"{path} has unsupported data type {data.dtype}; expected numbers")
@@ -163,12 +167,21 @@ def _read(path: str | os.PathLike) -> ImageData:
     return ImageData(data, spacing, affine)
 
 
-def read_image(path: str | os.PathLike) -> ImageData:
+def read_image(path: str | os.PathLike, channel: int | str | None = None) -> ImageData:
     """Read a .nii/.nii.gz/.tif/.tiff image as float32 in (z, y, x) / (y, x) order.
 
-    NIfTI intensity scaling (scl_slope/scl_inter) is applied. Singleton axes are squeezed.
+    NIfTI intensity scaling (scl_slope/scl_inter) is applied. Singleton axes are squeezed. A 4D
+    image (channels or time frames, e.g. a NIfTI's 4th axis) needs ``channel``: an index picks
+    one volume, ``"all"`` keeps the 4D array (channels first) with the spacing of one volume.
     """
-    image = _read(path)
+    image = _read(path, channels=channel is not None)
+    if image.array.ndim == 4:
+        image.spacing = image.spacing[1:]
+        if channel != "all":
+            count = image.array.shape[0]
+            if not isinstance(channel, int) or not 0 <= channel < count:
+                raise CVBMInputError(f"{path}: channel {channel} does not exist (0..{count - 1})")
+            image.array = image.array[channel]
     image.array = np.ascontiguousarray(image.array, dtype=np.float32)
     return image
 
