@@ -99,3 +99,17 @@ def test_bad_training_input_is_refused(tiny_config, problem, message):
         labeled = [make_case("a", image[10], label[10])]
     with pytest.raises(CVBMInputError, match=message):
         TrainingRun(tiny_config, labeled)
+
+
+def test_load_cases_by_name(tmp_path):
+    from napari_cvbm.core.data import load_cases
+    from napari_cvbm.core.io import write_image
+
+    for name in ("a", "b", "c"):
+        image, label = blob_volume(1, (8, 16, 16))
+        write_image(tmp_path / "images" / f"{name}.nii.gz", image)
+        write_image(tmp_path / "labels" / f"{name}.nii.gz", label.astype(np.uint8))
+    assert [c.name for c in load_cases(tmp_path / "images", tmp_path / "labels", names=["c", "a"])] == ["c", "a"]
+    assert [c.name for c in load_cases(tmp_path / "images", names=["b"])] == ["b"]
+    with pytest.raises(CVBMInputError, match="not found"):
+        load_cases(tmp_path / "images", names=["zzz"])

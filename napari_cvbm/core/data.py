@@ -144,12 +144,13 @@ class PatchSampler:
         return [np.flip(a, axis) for a in arrays]
 
 
-def load_cases(images, labels_dir=None, num_classes=None, annotated_dir=None, channel=None) -> List[Case]:
+def load_cases(images, labels_dir=None, num_classes=None, annotated_dir=None, channel=None,
+               names=None) -> List[Case]:
     """Cases from a folder (or single file) of images, with labels matched by case name when
     ``labels_dir`` is given, and optional annotated-voxel masks (non-zero = annotated) from
     ``annotated_dir`` for partly labeled volumes; cases without a mask there are fully annotated.
-    ``channel`` picks one volume of 4D (multi-channel or multi-frame) images.
-    Any unreadable or inconsistent file raises CVBMInputError."""
+    ``channel`` picks one volume of 4D (multi-channel or multi-frame) images; ``names`` keeps only
+    those cases, in that order. Any unreadable or inconsistent file raises CVBMInputError."""
     from .io import IMAGE_EXTENSIONS, list_images, pair_images_labels, read_image, read_labels, strip_extension
 
     images = Path(images)
@@ -160,6 +161,12 @@ def load_cases(images, labels_dir=None, num_classes=None, annotated_dir=None, ch
         pairs = [(f, None) for f in files]
     else:
         pairs = pair_images_labels(images, labels_dir)
+    if names is not None:
+        by_name = {strip_extension(image): (image, label) for image, label in pairs}
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise CVBMInputError(f"{len(missing)} case(s) not found in {images}: {', '.join(missing[:5])}")
+        pairs = [by_name[n] for n in names]
     masks = {strip_extension(p): p for p in list_images(annotated_dir)} if annotated_dir else {}
     cases = []
     for image_path, label_path in pairs:
