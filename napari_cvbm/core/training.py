@@ -176,7 +176,11 @@ class TrainingRun:
         return {k: float(v.detach()) for k, v in terms.items()}, 0.0
 
     def _student_step(self):
-        """Student self-training: cut-mix labeled/unlabeled, L_rw + lambda L_bcl, EMA (spec 3-5)."""
+        """Student self-training: cut-mix labeled/unlabeled, L_rw + lambda L_bcl, EMA (spec 3-5).
+
+        As in the release, the first halves of the labeled and unlabeled batches make X_hat_a and
+        the second halves X_hat_b, so the student sees one batch of ``batch_labeled`` volumes.
+        """
         cfg = self.config
         batch = cfg.batch_labeled
         x_l, y_l, ann = (t.to(self.device) for t in self.labeled.sample(batch))
@@ -191,9 +195,12 @@ class TrainingRun:
         bg_l = torch.where(ann.bool(), y_l, bg_pl[batch:]) if partial else y_l
         mask = cutmix_mask(x_l.shape[2:], cfg.cutmix_beta, self.generator).to(self.device)
         none = torch.zeros_like(ann)
-        mixes = [  # (input, fg target, bg target, labeled region): X_hat_a then X_hat_b
-            (cutmix(x_l, x_u, mask), cutmix(fg_l, fg_u, mask), cutmix(bg_l, bg_u, mask), cutmix(ann, none, mask)),
-            (cutmix(x_u, x_l, mask), cutmix(fg_u, fg_l, mask), cutmix(bg_u, bg_l, mask), cutmix(none, ann, mask)),
+        a, b = slice(0, batch // 2), slice(batch // 2, batch)  # first halves make X_hat_a, second X_hat_b
+        mixes = [  # (input, fg target, bg target, labeled region)
+            (cutmix(x_l[a], x_u[a], mask), cutmix(fg_l[a], fg_u[a], mask), cutmix(bg_l[a], bg_u[a], mask),
+             cutmix(ann[a], none[a], mask)),
+            (cutmix(x_u[b], x_l[b], mask), cutmix(fg_u[b], fg_l[b], mask), cutmix(bg_u[b], bg_l[b], mask),
+             cutmix(none[b], ann[b], mask)),
         ]
         outputs = _split(self.net(torch.cat([m[0] for m in mixes])))
         lam = consistency_weight(self.iteration, cfg.selftrain_iterations, cfg.consistency_schedule,
