@@ -24,7 +24,7 @@ FORMAT_VERSION = 1
 def build_model(config: TrainConfig) -> CVBMNet:
     """The network described by ``config`` (spec 1)."""
     return CVBMNet(dim=config.dim, num_classes=config.num_classes, width=config.width,
-                   background_branch=config.background_branch)
+                   background_branch=config.background_branch, norm=config.norm)
 
 
 def save_checkpoint(path, payload: dict) -> Path:

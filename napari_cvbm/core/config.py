@@ -14,6 +14,7 @@ class TrainConfig:
     num_classes: int = 2
     width: int = 16
     background_branch: bool = True  # False: the foreground-only ablation (no bg decoder, no psi, no L_bcl)
+    norm: str = "instance"  # or "batch" (the 2D U-Net of the release uses BatchNorm)
     patch_size: Tuple[int, ...] = (80, 112, 112)
     slice_size: Optional[Tuple[int, int]] = None  # 2D only: resize whole slices to this (ACDC protocol)
     batch_labeled: int = 4
@@ -52,6 +53,8 @@ class TrainConfig:
             problems.append("batch_labeled must be even and >= 2 (pre-training mixes labeled pairs)")
         if self.batch_unlabeled != self.batch_labeled:
             problems.append("batch_unlabeled must equal batch_labeled (each labeled image is mixed with one unlabeled)")
+        if self.norm not in ("instance", "batch"):
+            problems.append(f"norm must be 'instance' or 'batch', not {self.norm!r}")
         if self.lr_schedule not in ("constant", "poly"):
             problems.append(f"lr_schedule must be 'constant' or 'poly', not {self.lr_schedule!r}")
         if self.consistency_schedule not in ("release", "paper"):
