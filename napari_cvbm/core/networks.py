@@ -10,7 +10,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
-from napari_cvbm.core.errors import CVBMInputError
+from .errors import CVBMInputError
 
 __all__ = ["CVBMNet", "CVBMOutput", "count_parameters"]
 
