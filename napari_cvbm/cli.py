@@ -62,18 +62,20 @@ def train_with_progress(run, show: bool = True):
 
 def cmd_train(args) -> int:
     from .core import distributed
-    from .core.config import preset
-    from .core.data import load_cases
-    from .core.training import TrainingRun
 
     distributed.init_from_environment()  # torchrun: one process per GPU (or CPU worker)
     try:
-        return _train(args, distributed, preset, load_cases, TrainingRun)
+        return _train(args)
     finally:
         distributed.finish()
 
 
-def _train(args, distributed, preset, load_cases, TrainingRun) -> int:
+def _train(args) -> int:
+    from .core import distributed
+    from .core.config import preset
+    from .core.data import load_cases
+    from .core.training import TrainingRun
+
     main_process = distributed.is_main_process()
     say = print if main_process else (lambda *a, **k: None)
 
