@@ -12,8 +12,8 @@ from napari_cvbm.core.checkpoint import load_checkpoint, load_model
 
 from test_cli import make_folder
 
-SETTINGS = ["--set", "width=4", "--set", "patch_size=32,32,32", "--set", "pretrain_iterations=12",
-            "--set", "selftrain_iterations=12", "--set", "checkpoint_every=1"]
+SETTINGS = ["--set", "width=4", "--set", "patch_size=32,32,32", "--set", "pretrain_iterations=40",
+            "--set", "selftrain_iterations=40", "--set", "checkpoint_every=1"]
 
 
 def _start(data, out, resume):
@@ -29,8 +29,12 @@ def test_repeated_sigkill_and_resume(tmp_path):
     rng = np.random.default_rng(0)
     kills, lost, progress = 0, 0, []
     for cycle in range(5):
-        proc = _start(data, out, resume=(out / "last.pt").exists())
-        time.sleep(float(rng.uniform(3.0, 6.0)))  # past start-up, somewhere inside training
+        last = out / "last.pt"
+        written_before = last.stat().st_mtime_ns if last.exists() else 0
+        proc = _start(data, out, resume=last.exists())
+        while proc.poll() is None and (not last.exists() or last.stat().st_mtime_ns == written_before):
+            time.sleep(0.02)  # wait until this run is inside its training loop (it wrote a checkpoint)
+        time.sleep(float(rng.uniform(0.0, 1.0)))  # then kill at a random moment, often mid-write
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             kills += 1
