@@ -34,7 +34,7 @@ def evaluate_outputs(model, cases, config, views=("fg",) + OUTPUT_MODES[1:] + ("
     scores = {v: [] for v in views}
     predictions = {}
     for case in cases:
-        pred = predict(model, case.image, heads="all", patch_size=config.patch_size,
+        pred = predict(model, case.image, heads="fg" if views == ("fg",) else "all", patch_size=config.patch_size,
                        slice_size=config.slice_size, overlap=config.inference_overlap)
         predictions[case.name] = pred
         for view in views:

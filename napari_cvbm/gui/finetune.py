@@ -691,10 +691,8 @@ class FineTuneWidget(QWidget):
 
     def load_model(self, path) -> Optional[str]:
         """Load a checkpoint (CLI or plugin) and make it the active model; None on failure."""
-        try:
-            name = models.MODEL_STORE.load_file(path)
-        except CVBMInputError as exc:
-            show_error(str(exc))
+        name = models.MODEL_STORE.load_file_or_notify(path)
+        if name is None:
             return None
         self.status.setText(f"Loaded '{name}'; it is now the active model.")
         return name

@@ -164,10 +164,8 @@ class SegmentWidget(QWidget):
 
     def load_checkpoint(self, path) -> Optional[str]:
         """Load a checkpoint into the shared model store and make it active; its name, or None."""
-        try:
-            name = self._store.load_file(path)
-        except CVBMInputError as error:
-            show_error(str(error))
+        name = self._store.load_file_or_notify(path)
+        if name is None:
             return None
         show_info(f"Loaded {name}: {self._model_info.value}")
         return name
