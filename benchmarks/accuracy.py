@@ -11,6 +11,10 @@ Folder layout: images/<case>.nii.gz, labels/<case>.nii.gz, splits.json with "tra
 Arms: "supervised" (pre-trained teacher only), "fg_ssl" (same pipeline without bg decoder, mixing
 layer and consistency), "cvbm" (reported for the fg, mix and avg outputs, the bg view alone, and
 its own pre-trained teacher). Writes per-case CSV and a JSON summary to --out.
+
+Scale "cpu" in 3D (LA) trains on volumes resampled by --zoom (default 0.5, 1.25 mm voxels) with
+the settings in CPU_3D; predictions are resampled back (trilinear, probabilities) and scored on the
+original grid, so metrics are always in original voxels.
 """
 
 import argparse
@@ -20,15 +24,22 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
 
 from napari_cvbm.cli import _parse_setting, train_with_progress
 from napari_cvbm.core.config import preset
-from napari_cvbm.core.data import load_cases
+from napari_cvbm.core.data import Case, load_cases
 from napari_cvbm.core.inference import combine_views, predict
 from napari_cvbm.core.metrics import evaluate_cases, format_table, summarize, write_csv
 from napari_cvbm.core.training import TrainingRun
 
 HOLDOUT, SELECTION = 16, 4
+# cpu scale in 3D (LA): the `cpu` preset with larger patches and more iterations, on half-resolution volumes
+CPU_3D = dict(patch_size=(32, 64, 64), pretrain_iterations=400, selftrain_iterations=800,
+              consistency_rampup=800, validate_every=100, checkpoint_every=100)
+CPU_3D_ZOOM = 0.5
 
 
 def splits_of(folder: Path, labeled: int) -> dict:
@@ -55,20 +66,34 @@ def cases(folder: Path, names, with_labels=True, num_classes=None):
     return load_cases(folder / "images", labels, num_classes, names=names)
 
 
-def evaluate(model, eval_cases, config, views):
-    """Per-view metric rows over whole volumes."""
-    preds = {c.name: predict(model, c.image, heads="all" if config.background_branch else "fg",
-                             patch_size=config.patch_size, slice_size=config.slice_size,
-                             overlap=config.inference_overlap) for c in eval_cases}
-    results = {}
-    for view in views:
-        rows = []
-        for case in eval_cases:
-            pred = preds[case.name]
+def zoomed(case: Case, factor: float) -> Case:
+    """The case resampled by ``factor`` (image linear, labels nearest)."""
+    if factor == 1:
+        return case
+    label = None if case.label is None else ndimage.zoom(case.label, factor, order=0)
+    return Case(case.name, ndimage.zoom(case.image, factor, order=1), label,
+                spacing=tuple(s / factor for s in case.spacing))
+
+
+def _to_shape(probs: np.ndarray, shape) -> np.ndarray:
+    """(C, *S) probabilities resampled (linear) onto ``shape``."""
+    if probs.shape[1:] == tuple(shape):
+        return probs
+    mode = "trilinear" if probs.ndim == 4 else "bilinear"
+    return F.interpolate(torch.from_numpy(probs)[None], size=tuple(shape), mode=mode, align_corners=False)[0].numpy()
+
+
+def evaluate(model, eval_cases, config, views, factor=1.0):
+    """Per-view metric rows over whole volumes, on each case's original grid."""
+    results = {view: [] for view in views}
+    for case in eval_cases:
+        pred = predict(model, zoomed(case, factor).image, heads="all" if config.background_branch else "fg",
+                       patch_size=config.patch_size, slice_size=config.slice_size,
+                       overlap=config.inference_overlap)
+        for view in views:
             probs = pred.bg if view == "bg" else combine_views(view, pred.fg, pred.bg, pred.mix)
-            rows.append((case.name, probs.argmax(0), case.label, None))
-        results[view] = evaluate_cases(rows, config.num_classes)
-    return results
+            results[view].append((case.name, _to_shape(probs, case.label.shape).argmax(0), case.label, None))
+    return {view: evaluate_cases(rows, config.num_classes) for view, rows in results.items()}
 
 
 def main(argv=None) -> int:
@@ -80,6 +105,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dim", type=int, choices=(2, 3), help="default: 2 when the folder has 'val' (ACDC), else 3")
     parser.add_argument("--eval-split", default="val")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--zoom", type=float, help=f"resample volumes for training (default: {CPU_3D_ZOOM} "
+                        "at cpu scale in 3D, else 1)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -88,7 +115,9 @@ def main(argv=None) -> int:
     dim = args.dim or (2 if "val" in split else 3)
     labeled = cases(args.data, split["labeled"])
     num_classes = max(2, max(int(c.label.max()) for c in labeled) + 1)
-    overrides = dict(_parse_setting(s) for s in args.set)
+    factor = args.zoom or (CPU_3D_ZOOM if (args.scale, dim) == ("cpu", 3) else 1.0)
+    overrides = dict(CPU_3D) if (args.scale, dim) == ("cpu", 3) else {}
+    overrides.update(_parse_setting(s) for s in args.set)
     if args.arm == "supervised":
         overrides["selftrain_iterations"] = 0
     if args.arm == "fg_ssl":
@@ -96,9 +125,10 @@ def main(argv=None) -> int:
     config = preset(args.scale, dim, num_classes=num_classes, **overrides)
     unlabeled = [] if args.arm == "supervised" else cases(args.data, split["unlabeled"], with_labels=False)
     selection = cases(args.data, split["selection"], num_classes=num_classes)
+    labeled, unlabeled, selection = ([zoomed(c, factor) for c in group] for group in (labeled, unlabeled, selection))
     eval_cases = cases(args.data, split[args.eval_split], num_classes=num_classes)
     print(f"{args.data.name}: {len(labeled)} labeled, {len(unlabeled)} unlabeled, {len(selection)} selection, "
-          f"{len(eval_cases)} {args.eval_split} volumes; arm {args.arm}, scale {args.scale}: {config}")
+          f"{len(eval_cases)} {args.eval_split} volumes; arm {args.arm}, scale {args.scale}, zoom {factor}: {config}")
 
     run = TrainingRun(config, labeled, unlabeled, selection, out_dir=args.out / "model", device=args.device)
     start = time.perf_counter()
@@ -107,13 +137,13 @@ def main(argv=None) -> int:
     models = {"cvbm": run.final_model()} if args.arm == "cvbm" else {args.arm: run.final_model()}
     if args.arm == "cvbm":
         models["supervised (its teacher)"] = run.pretrained_model()
-    report = {"data": str(args.data), "labeled": args.labeled, "arm": args.arm, "scale": args.scale,
+    report = {"data": str(args.data), "labeled": args.labeled, "arm": args.arm, "scale": args.scale, "zoom": factor,
               "eval_split": args.eval_split, "train_seconds": train_seconds, "config": config.to_dict(),
               "selection_dice": run.best_dice, "results": {}}
     args.out.mkdir(parents=True, exist_ok=True)
     for name, model in models.items():
         views = ("fg", "mix", "avg", "bg") if name == "cvbm" else ("fg",)
-        for view, rows in evaluate(model, eval_cases, config, views).items():
+        for view, rows in evaluate(model, eval_cases, config, views, factor).items():
             key = f"{name} {view}"
             summary = summarize(rows)
             report["results"][key] = summary

@@ -73,26 +73,47 @@ def _cases(dim, shape, n, seed):
     return cases
 
 
-def training_speed(name, dim, device, steps, shape):
-    """Per phase: one step under the FLOP counter (also the warm-up), then ``steps`` timed steps."""
-    config = preset(name, dim, pretrain_iterations=steps + 1, selftrain_iterations=steps + 1,
-                    checkpoint_every=10 ** 6, validate_every=10 ** 6)
+def training_speed(name, dim, device, steps, shape, flops=None, **variant):
+    """Per phase: warm-up steps, then ``steps`` timed steps.
+
+    FLOPs per iteration are counted on the first warm-up step, or taken from ``flops`` (per phase;
+    for torch.compile, whose kernels the counter does not see). ``variant`` overrides settings
+    (amp, channels_last, compile).
+    """
+    warmup = 3 if variant.get("compile") else 1
+    config = preset(name, dim, pretrain_iterations=steps + warmup, selftrain_iterations=steps + warmup,
+                    checkpoint_every=10 ** 6, validate_every=10 ** 6, **variant)
     cases = _cases(dim, shape, 2, 0)
     events = TrainingRun(config, cases, cases, device=str(device)).events()
     result = {}
     for phase in ("pretrain", "selftrain"):
-        with FlopCounterMode(display=False) as counter:
+        if flops is None:
+            with FlopCounterMode(display=False) as counter:
+                next(events)
+            phase_flops, left = counter.get_total_flops(), warmup - 1
+        else:
+            phase_flops, left = flops[phase], warmup
+        for _ in range(left):
             next(events)
-        flops = counter.get_total_flops()
         _sync(device)
         start = time.perf_counter()
         for _ in range(steps):
             next(events)
         _sync(device)
         seconds = (time.perf_counter() - start) / steps
-        result[phase] = {"it_per_s": 1 / seconds, "ms_per_it": 1000 * seconds, "gflop_per_it": flops / 1e9,
-                         "gflop_per_s": flops / seconds / 1e9}
+        result[phase] = {"it_per_s": 1 / seconds, "ms_per_it": 1000 * seconds, "gflop_per_it": phase_flops / 1e9,
+                         "gflop_per_s": phase_flops / seconds / 1e9}
     return result
+
+
+def variants_for(device, want_compile):
+    """Settings compared on this device: defaults, then the layout / precision / compile options."""
+    variants = {"default": {}, "channels-last": {"channels_last": True}}
+    if device.type == "cuda":
+        variants["float32 (no amp)"] = {"amp": False}
+    if want_compile:
+        variants["compile"] = {"compile": True}
+    return variants
 
 
 def inference_speed(device, shape, repeats):
@@ -124,6 +145,7 @@ def main():
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quick", action="store_true", help="fewer repeats, cpu preset only")
     parser.add_argument("--json", default="benchmarks/speed.json")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")
     args = parser.parse_args()
     device = choose_device(args.device)
     repeats = 2 if args.quick else 5
@@ -135,11 +157,16 @@ def main():
     report["training"] = {}
     for name, dim, shape in presets:
         steps = 1 if name == "paper" and device.type == "cpu" else repeats * 2
-        result = training_speed(name, dim, device, steps, shape)
-        limit = report["conv_limit_gflops"][f"{dim}d"]
-        for phase in result.values():
-            phase["fraction_of_conv_limit"] = phase["gflop_per_s"] / limit
-        report["training"][f"{name} {dim}D"] = result
+        for label, variant in variants_for(device, args.compile).items():
+            if name == "paper" and device.type == "cpu" and label != "default":
+                continue  # paper presets on a CPU: one timing is enough
+            counted = None if label == "default" else {
+                phase: r["gflop_per_it"] * 1e9 for phase, r in report["training"][f"{name} {dim}D default"].items()}
+            result = training_speed(name, dim, device, steps, shape, flops=counted, **variant)
+            limit = report["conv_limit_gflops"][f"{dim}d"]
+            for phase in result.values():
+                phase["fraction_of_conv_limit"] = phase["gflop_per_s"] / limit
+            report["training"][f"{name} {dim}D {label}"] = result
     report["inference_s_per_volume_88x144x176"] = inference_speed(device, (88, 144, 176), repeats)
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":
@@ -148,10 +175,10 @@ def main():
     print(f"device {report['device']}, torch {report['torch']}, {report['threads']} threads")
     print("dense conv limit (fwd+bwd, fp32): " + ", ".join(f"{k} {v:.1f} GFLOP/s"
                                                         for k, v in report["conv_limit_gflops"].items()))
-    print(f"{'training':<14}{'phase':<11}{'it/s':>8}{'ms/it':>10}{'GFLOP/it':>10}{'GFLOP/s':>9}{'of limit':>9}")
+    print(f"{'training':<30}{'phase':<11}{'it/s':>8}{'ms/it':>10}{'GFLOP/it':>10}{'GFLOP/s':>9}{'of limit':>9}")
     for key, phases in report["training"].items():
         for phase, r in phases.items():
-            print(f"{key:<14}{phase:<11}{r['it_per_s']:>8.2f}{r['ms_per_it']:>10.0f}{r['gflop_per_it']:>10.1f}"
+            print(f"{key:<30}{phase:<11}{r['it_per_s']:>8.2f}{r['ms_per_it']:>10.0f}{r['gflop_per_it']:>10.1f}"
                   f"{r['gflop_per_s']:>9.1f}{100 * r['fraction_of_conv_limit']:>8.0f}%")
     print("sliding-window inference, 88x144x176 volume, cpu-preset V-Net:")
     for key, seconds in report["inference_s_per_volume_88x144x176"].items():

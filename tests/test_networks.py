@@ -109,11 +109,28 @@ def test_bg_upsampling_options():
     assert count_parameters(transpose.decoder_bg) == count_parameters(transpose.decoder_fg)
 
 
-@pytest.mark.parametrize("norm, cls", [("instance", nn.InstanceNorm3d), ("batch", nn.BatchNorm3d)])
-def test_norm_option(norm, cls):
-    net = CVBMNet(dim=3, width=4, norm=norm)
-    norms = [m for m in net.modules() if isinstance(m, cls)]
+def test_norm_option():
+    batch = CVBMNet(dim=3, width=4, norm="batch")
+    norms = [m for m in batch.modules() if isinstance(m, nn.BatchNorm3d)]
     assert norms and all(m.affine for m in norms)
+    instance = CVBMNet(dim=3, width=4, norm="instance")
+    assert not any(isinstance(m, nn.BatchNorm3d) for m in instance.modules())
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_instance_norm_equals_torch_instance_norm(dim):
+    """"instance" is computed as GroupNorm(C, C): same outputs, parameters and keys as InstanceNorm."""
+    torch.manual_seed(0)
+    net = CVBMNet(dim=dim, width=4, norm="instance")
+    norm = next(m for m in net.modules() if isinstance(m, nn.GroupNorm))
+    reference = (nn.InstanceNorm2d if dim == 2 else nn.InstanceNorm3d)(norm.num_channels, affine=True)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0)
+        norm.bias.uniform_(-1.0, 1.0)
+    assert set(reference.state_dict()) == set(norm.state_dict()) == {"weight", "bias"}
+    reference.load_state_dict(norm.state_dict())
+    x = torch.randn((2, norm.num_channels) + (6,) * dim) * 3 + 1
+    torch.testing.assert_close(norm(x), reference(x))
 
 
 def test_bad_arguments_and_inputs():

@@ -32,11 +32,17 @@ class TrainConfig:
     consistency_weight: float = 1.0
     consistency_rampup: int = 6000
     pretrain_mix_head: bool = True  # paper: L_M in pre-training; the release leaves it out
+    selftrain_mix_head: bool = True  # ours: L_M in L_rw too; paper and release: L_bcl only
     clean_pseudo_labels: bool = True
     augment: bool = True
+    rot_flip_probability: float = 0.5  # the rest: half rotated by up to rotate_degrees, half as is
+    rotate_degrees: float = 20.0
     validate_every: int = 200
     checkpoint_every: int = 100
     inference_overlap: float = 0.5
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported); CPU training stays float32
+    channels_last: bool = False  # NHWC / NDHWC layout for model and inputs
+    compile: bool = False  # torch.compile the student's forward pass
     seed: int = 0
 
     def __post_init__(self):
@@ -53,6 +59,10 @@ class TrainConfig:
             problems.append("batch_labeled must be even and >= 2 (pre-training mixes labeled pairs)")
         if self.batch_unlabeled != self.batch_labeled:
             problems.append("batch_unlabeled must equal batch_labeled (each labeled image is mixed with one unlabeled)")
+        if not 0.0 <= self.rot_flip_probability <= 1.0:
+            problems.append(f"rot_flip_probability must be in [0, 1], not {self.rot_flip_probability}")
+        if not 0.0 <= self.rotate_degrees <= 180.0:
+            problems.append(f"rotate_degrees must be in [0, 180], not {self.rotate_degrees}")
         if self.norm not in ("instance", "batch"):
             problems.append(f"norm must be 'instance' or 'batch', not {self.norm!r}")
         if self.lr_schedule not in ("constant", "poly"):

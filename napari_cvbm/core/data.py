@@ -1,4 +1,4 @@
-"""Training cases and the random patch/slice sampler with rot90/flip augmentation (spec 6)."""
+"""Training cases and the random patch/slice sampler with rot90/flip/rotation augmentation (spec 6)."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,11 +73,16 @@ class PatchSampler:
     3D: random crops of ``patch_size`` (volumes smaller than a patch are zero-padded).
     2D: random slices along axis 0, resized to ``slice_size`` or randomly cropped to
     ``patch_size``. Labeled cases draw only crops/slices that hold annotated voxels.
-    Augmentation: random in-plane rot90 (square planes) and a random flip.
+    Augmentation (spec 6, as the release's ACDC pipeline): with probability ``rot_flip_probability``
+    a random in-plane rot90 (square planes) and a random flip; otherwise, half of the time, an
+    in-plane rotation by up to ``rotate_degrees``. Samples left as they are keep the images'
+    handedness: with flips on every sample a model cannot tell left from right structures
+    (on ACDC it then puts the right ventricle on the wrong side of the left one).
     """
 
     def __init__(self, cases: List[Case], dim: int, patch_size, slice_size=None,
-                 augment: bool = True, rng: Optional[np.random.Generator] = None):
+                 augment: bool = True, rng: Optional[np.random.Generator] = None,
+                 rot_flip_probability: float = 0.5, rotate_degrees: float = 20.0):
         if not cases:
             raise CVBMInputError("no images to sample from")
         self.cases = cases
@@ -85,6 +90,8 @@ class PatchSampler:
         self.size = tuple(slice_size or patch_size)
         self.resize = slice_size is not None
         self.augment = augment
+        self.rot_flip_probability = rot_flip_probability
+        self.rotate_degrees = rotate_degrees
         self.rng = rng or np.random.default_rng()
         self.labeled = cases[0].label is not None
         self._slices = [annotated_slices(c) for c in cases] if dim == 2 else None
@@ -136,12 +143,27 @@ class PatchSampler:
         return [a[box] for a in arrays]
 
     def _augment(self, arrays):
+        if self.rng.random() < self.rot_flip_probability:
+            return self._rot_flip(arrays)
+        if self.rotate_degrees > 0 and self.rng.random() < 0.5:
+            return self._rotate(arrays)
+        return arrays
+
+    def _rot_flip(self, arrays):
         plane = (-2, -1)
         if self.size[-1] == self.size[-2]:
             k = int(self.rng.integers(4))
             arrays = [np.rot90(a, k, axes=plane) for a in arrays]
         axis = int(self.rng.integers(-len(self.size), 0))
         return [np.flip(a, axis) for a in arrays]
+
+    def _rotate(self, arrays):
+        """In-plane rotation: linear for the image (edges extended), nearest for labels and mask."""
+        angle = float(self.rng.uniform(-self.rotate_degrees, self.rotate_degrees))
+        plane = (arrays[0].ndim - 2, arrays[0].ndim - 1)
+        return [ndimage.rotate(a, angle, axes=plane, reshape=False, order=1 if i == 0 else 0,
+                               mode="nearest" if i != 1 else "constant")
+                for i, a in enumerate(arrays)]
 
 
 def load_cases(images, labels_dir=None, num_classes=None, annotated_dir=None, channel=None,

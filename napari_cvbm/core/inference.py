@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .acceleration import autocast
 from .components import largest_component_per_class
 from .errors import CVBMInputError
 from .intensity import normalize_intensity
@@ -248,13 +249,6 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in msg or "seems to be oom" in msg)
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast(device_type="cuda", dtype=dtype)
-    return torch.autocast(device_type="cpu", enabled=False)
-
-
 class _Progress:
     """Calls ``callback(fraction)`` as units of work are done (never raises into inference)."""
 
@@ -417,7 +411,7 @@ def predict(
     try:
         while True:
             try:
-                with torch.inference_mode(), _autocast(dev):
+                with torch.inference_mode(), autocast(dev):
                     if dim == 3:
                         views = _predict_volume(model, norm, heads, num_views, settings, ov, dev, blend, progress)
                     else:

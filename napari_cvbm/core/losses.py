@@ -60,12 +60,15 @@ def region_wide_loss(
     labeled_region: torch.Tensor,
     unlabeled_region: torch.Tensor,
     alpha: float = 0.5,
+    mix_head: bool = False,
 ) -> Dict[str, torch.Tensor]:
     """L_rw = L_fg^l + L_bg^l + alpha (L_fg^u + L_bg^u) for one mixed input (spec 4).
 
     ``fg_target``/``bg_target`` are class maps: ground truth inside ``labeled_region`` and the
     teacher's fg / bg-view pseudo-labels elsewhere. Without a bg head (``output.bg is None``)
-    only the fg terms are used. Returns the terms and their weighted sum under ``"rw"``.
+    only the fg terms are used. ``mix_head`` adds L_M^l + alpha L_M^u on the fg targets (our
+    extension: the paper and the release train the mix head in self-training only through L_bcl).
+    Returns the terms and their weighted sum under ``"rw"``.
     """
     terms = {
         "fg_l": softmax_seg_loss(output.fg, fg_target, labeled_region),
@@ -74,8 +77,11 @@ def region_wide_loss(
     if output.bg is not None:
         terms["bg_l"] = complementary_seg_loss(output.bg, bg_target, labeled_region)
         terms["bg_u"] = complementary_seg_loss(output.bg, bg_target, unlabeled_region)
-    labeled = terms["fg_l"] + terms.get("bg_l", 0.0)
-    unlabeled = terms["fg_u"] + terms.get("bg_u", 0.0)
+    if mix_head and output.mix is not None:
+        terms["mix_l"] = softmax_seg_loss(output.mix, fg_target, labeled_region)
+        terms["mix_u"] = softmax_seg_loss(output.mix, fg_target, unlabeled_region)
+    labeled = sum(v for k, v in terms.items() if k.endswith("_l"))
+    unlabeled = sum(v for k, v in terms.items() if k.endswith("_u"))
     terms["rw"] = labeled + alpha * unlabeled
     return terms
 

@@ -35,15 +35,17 @@ def _layers(dim: int, norm: str) -> dict:
     if norm not in ("instance", "batch"):
         raise ValueError(f"norm must be 'instance' or 'batch', got {norm!r}")
     two = dim == 2
-    norm_cls = {
-        "instance": nn.InstanceNorm2d if two else nn.InstanceNorm3d,
+    norms = {
+        # InstanceNorm with learned affine parameters, computed as GroupNorm with one channel per
+        # group: the same values and state-dict keys (weight, bias) as nn.InstanceNormNd(affine=True),
+        # 20-35% faster on CPU (issue 6).
+        "instance": lambda c: nn.GroupNorm(c, c),
         "batch": nn.BatchNorm2d if two else nn.BatchNorm3d,
-    }[norm]
+    }
     return {
         "conv": nn.Conv2d if two else nn.Conv3d,
         "convT": nn.ConvTranspose2d if two else nn.ConvTranspose3d,
-        # affine=True so that InstanceNorm has the same (learned) parameters as BatchNorm.
-        "norm": lambda c: norm_cls(c, affine=True),
+        "norm": norms[norm],
         "pool": nn.MaxPool2d if two else nn.MaxPool3d,
     }
 

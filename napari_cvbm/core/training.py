@@ -13,6 +13,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import numpy as np
 import torch
 
+from .acceleration import GradientStep, autocast, memory_format
 from .checkpoint import build_model, load_checkpoint, model_from_payload, save_checkpoint, save_model
 from .config import TrainConfig
 from .cutmix import cutmix, cutmix_mask, cutmix_pair
@@ -25,6 +26,7 @@ from .losses import bidirectional_consistency, consistency_weight, region_wide_l
     complementary_seg_loss
 from .metrics import dice_score
 from .networks import CVBMOutput
+from .prefetch import Prefetcher
 from .pseudo_labels import pseudo_labels
 
 PHASES = ("pretrain", "selftrain", "done")
@@ -91,7 +93,8 @@ class TrainingRun:
         self.generator = torch.Generator().manual_seed(config.seed)
         torch.manual_seed(config.seed)
         sampler = dict(dim=config.dim, patch_size=config.patch_size, slice_size=config.slice_size,
-                       augment=config.augment, rng=self.rng)
+                       augment=config.augment, rng=self.rng,
+                       rot_flip_probability=config.rot_flip_probability, rotate_degrees=config.rotate_degrees)
         self.labeled = PatchSampler(list(labeled), **sampler)
         # with no separate unlabeled images, the labeled images also serve as unlabeled ones
         pool = [Case(c.name, c.image, spacing=c.spacing) for c in (unlabeled or labeled)]
@@ -100,7 +103,12 @@ class TrainingRun:
         if initial_weights is not None:  # fine-tuning: start from a trained model of the same config
             self.model.load_state_dict(initial_weights)
         self.model.to(self.device)
+        if config.channels_last:
+            self.model.to(memory_format=memory_format(config.dim))
         self.net = self._parallel(self.model)
+        if config.compile:
+            self.net = torch.compile(self.net)
+        self._gradient_step = GradientStep(self.device, config.amp)
         self.teacher: Optional[torch.nn.Module] = None
         self.phase = "pretrain"
         self.iteration = 0
@@ -109,15 +117,16 @@ class TrainingRun:
         self.best_state: Optional[dict] = None
         self.pretrained_state: Optional[dict] = None
         self.optimizer = self._new_optimizer()
+        self._batches: Optional[Prefetcher] = None
 
     # -- public API ---------------------------------------------------------------------
     def events(self) -> Iterator[ProgressEvent]:
         """Run what is left of the two phases, yielding one event per step."""
         if self.phase == "pretrain":
-            yield from self._loop(self.config.pretrain_iterations, self._pretrain_step)
+            yield from self._loop(self.config.pretrain_iterations, self._pretrain_step, self._draw_labeled)
             self._finish_pretraining()
         if self.phase == "selftrain":
-            yield from self._loop(self.config.selftrain_iterations, self._student_step)
+            yield from self._loop(self.config.selftrain_iterations, self._student_step, self._draw_mixed)
             self._finish_selftraining()
 
     def final_model(self) -> torch.nn.Module:
@@ -135,47 +144,60 @@ class TrainingRun:
         return model.eval()
 
     # -- phases -------------------------------------------------------------------------
-    def _loop(self, total: int, step) -> Iterator[ProgressEvent]:
+    def _loop(self, total: int, step, draw) -> Iterator[ProgressEvent]:
+        """Run ``step(batch)`` until ``total``; ``draw()`` prepares each batch one step ahead."""
         start = time.perf_counter() - self.elapsed
         self.model.train()
-        while self.iteration < total:
-            lr = self._set_lr(total)
-            losses, lam = step()
-            self.iteration += 1
-            self.elapsed = time.perf_counter() - start
-            event = ProgressEvent(self.phase, self.iteration, total, losses, lam, lr, self.elapsed)
-            cfg = self.config
-            if self.validation and (self.iteration % cfg.validate_every == 0 or self.iteration == total):
-                event.validation_dice = self._validate()
-                self.model.train()
-            event.best_dice = self.best_dice if self.best_dice >= 0 else None
-            if self.out_dir is not None and (self.iteration % cfg.checkpoint_every == 0 or self.iteration == total):
-                self.save(self.out_dir / "last.pt")
-            yield event
+        self._batches = Prefetcher(draw, self.rng)
+        try:
+            while self.iteration < total:
+                lr = self._set_lr(total)
+                losses, lam = step(self._batches.next())
+                self.iteration += 1
+                self.elapsed = time.perf_counter() - start
+                event = ProgressEvent(self.phase, self.iteration, total, losses, lam, lr, self.elapsed)
+                cfg = self.config
+                if self.validation and (self.iteration % cfg.validate_every == 0 or self.iteration == total):
+                    event.validation_dice = self._validate()
+                    self.model.train()
+                event.best_dice = self.best_dice if self.best_dice >= 0 else None
+                if self.out_dir is not None and (self.iteration % cfg.checkpoint_every == 0 or self.iteration == total):
+                    self.save(self.out_dir / "last.pt")
+                yield event
+        finally:  # also when the consumer stops early (Cancel): rewind the generator, stop the thread
+            self._batches.close()
+            self._batches = None
 
-    def _pretrain_step(self):
+    def _draw_labeled(self):
+        return self.labeled.sample(self.config.batch_labeled)
+
+    def _draw_mixed(self):
+        return self.labeled.sample(self.config.batch_labeled), self.unlabeled.sample(self.config.batch_labeled)[0]
+
+    def _pretrain_step(self, batch):
         """Teacher pre-training on two cut-mixed labeled inputs: L_fg + L_bg + L_M (spec 3, 4)."""
         cfg = self.config
-        images, labels, annotated = (t.to(self.device) for t in self.labeled.sample(cfg.batch_labeled))
+        images, labels, annotated = (self._to_device(t) for t in batch)
         mask = cutmix_mask(images.shape[2:], cfg.cutmix_beta, self.generator).to(self.device)
         half = cfg.batch_labeled // 2
         x_a, x_b = cutmix_pair(images[:half], images[half:], mask)
         y_a, y_b = cutmix_pair(labels[:half], labels[half:], mask)
         r_a, r_b = cutmix_pair(annotated[:half], annotated[half:], mask)
         terms: Dict[str, torch.Tensor] = {}
-        for output, y, region in zip(_split(self.net(torch.cat([x_a, x_b]))), (y_a, y_b), (r_a, r_b)):
-            parts = {"fg": softmax_seg_loss(output.fg, y, region)}
-            if output.bg is not None:
-                parts["bg"] = complementary_seg_loss(output.bg, y, region)
-                if cfg.pretrain_mix_head:
-                    parts["mix"] = softmax_seg_loss(output.mix, y, region)
-            parts["total"] = sum(parts.values())
-            for k, v in parts.items():
-                terms[k] = terms.get(k, 0.0) + v
-        self._step(terms["total"])
+        with autocast(self.device, cfg.amp):
+            for output, y, region in zip(_split(self.net(torch.cat([x_a, x_b]))), (y_a, y_b), (r_a, r_b)):
+                parts = {"fg": softmax_seg_loss(output.fg, y, region)}
+                if output.bg is not None:
+                    parts["bg"] = complementary_seg_loss(output.bg, y, region)
+                    if cfg.pretrain_mix_head:
+                        parts["mix"] = softmax_seg_loss(output.mix, y, region)
+                parts["total"] = sum(parts.values())
+                for k, v in parts.items():
+                    terms[k] = terms.get(k, 0.0) + v
+        self._gradient_step(terms["total"], self.optimizer)
         return {k: float(v.detach()) for k, v in terms.items()}, 0.0
 
-    def _student_step(self):
+    def _student_step(self, sampled):
         """Student self-training: cut-mix labeled/unlabeled, L_rw + lambda L_bcl, EMA (spec 3-5).
 
         As in the release, the first halves of the labeled and unlabeled batches make X_hat_a and
@@ -183,10 +205,9 @@ class TrainingRun:
         """
         cfg = self.config
         batch = cfg.batch_labeled
-        x_l, y_l, ann = (t.to(self.device) for t in self.labeled.sample(batch))
-        x_u = self.unlabeled.sample(batch)[0].to(self.device)
+        (x_l, y_l, ann), x_u = (self._to_device(t) for t in sampled[0]), self._to_device(sampled[1])
         partial = bool((ann < 1).any())
-        with torch.no_grad():
+        with torch.no_grad(), autocast(self.device, cfg.amp):
             teacher_out = self.teacher(torch.cat([x_u, x_l]) if partial else x_u)
             fg_pl, bg_pl = pseudo_labels(teacher_out, clean=cfg.clean_pseudo_labels)
         fg_u, bg_u = fg_pl[:batch], bg_pl[:batch]
@@ -202,20 +223,22 @@ class TrainingRun:
             (cutmix(x_u[b], x_l[b], mask), cutmix(fg_u[b], fg_l[b], mask), cutmix(bg_u[b], bg_l[b], mask),
              cutmix(none[b], ann[b], mask)),
         ]
-        outputs = _split(self.net(torch.cat([m[0] for m in mixes])))
         lam = consistency_weight(self.iteration, cfg.selftrain_iterations, cfg.consistency_schedule,
                                  cfg.consistency_weight, cfg.consistency_rampup)
         terms: Dict[str, torch.Tensor] = {}
-        for output, (_, fg_t, bg_t, region) in zip(outputs, mixes):
-            parts = region_wide_loss(output, fg_t, bg_t, region, 1.0 - region, cfg.alpha)
-            total = parts["rw"]
-            if output.bg is not None:
-                parts.update(bidirectional_consistency(output))
-                total = total + lam * parts["bcl"]
-            parts["total"] = total
-            for k, v in parts.items():
-                terms[k] = terms.get(k, 0.0) + v
-        self._step(terms["total"])
+        with autocast(self.device, cfg.amp):
+            outputs = _split(self.net(torch.cat([m[0] for m in mixes])))
+            for output, (_, fg_t, bg_t, region) in zip(outputs, mixes):
+                parts = region_wide_loss(output, fg_t, bg_t, region, 1.0 - region, cfg.alpha,
+                                         mix_head=cfg.selftrain_mix_head)
+                total = parts["rw"]
+                if output.bg is not None:
+                    parts.update(bidirectional_consistency(output))
+                    total = total + lam * parts["bcl"]
+                parts["total"] = total
+                for k, v in parts.items():
+                    terms[k] = terms.get(k, 0.0) + v
+        self._gradient_step(terms["total"], self.optimizer)
         ema_update(self.teacher, self.model, cfg.ema_decay)
         return {k: float(v.detach()) for k, v in terms.items()}, lam
 
@@ -262,10 +285,12 @@ class TrainingRun:
             group["lr"] = lr
         return lr
 
-    def _step(self, loss: torch.Tensor):
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """A batch tensor on the training device; images (N, 1, ...) channels-last when configured."""
+        t = t.to(self.device, non_blocking=True)
+        if self.config.channels_last and t.ndim == self.config.dim + 2:
+            t = t.contiguous(memory_format=memory_format(self.config.dim))
+        return t
 
     def _selected_state(self) -> dict:
         return self.best_state if self.best_state is not None else _cpu_state(self.model)
@@ -292,13 +317,14 @@ class TrainingRun:
     # -- checkpoint and resume ------------------------------------------------------------
     def save(self, path) -> Path:
         """A resumable training checkpoint (atomic; loads safely with weights_only)."""
+        numpy_state = self._batches.rng_state() if self._batches else self.rng.bit_generator.state
         return save_checkpoint(path, {
             "kind": "training", "config": self.config.to_dict(), "model": _cpu_state(self.model),
             "teacher": _cpu_state(self.teacher) if self.teacher is not None else None,
             "optimizer": self.optimizer.state_dict(), "phase": self.phase, "iteration": self.iteration,
             "elapsed": self.elapsed, "best_dice": self.best_dice, "best_state": self.best_state,
             "pretrained_state": self.pretrained_state,
-            "rng": {"numpy": self.rng.bit_generator.state, "cutmix": self.generator.get_state(),
+            "rng": {"numpy": numpy_state, "cutmix": self.generator.get_state(),
                     "torch": torch.get_rng_state()},
         })
 

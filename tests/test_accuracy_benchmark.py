@@ -1,0 +1,53 @@
+"""benchmarks/accuracy.py runs unchanged on any folder of the ../shared/data layout (issue 4)."""
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_cvbm.core.io import write_image
+
+from conftest import blob_volume
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import accuracy  # noqa: E402
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """A tiny folder in the ACDC layout: images/, labels/, splits.json with train, labeled_2, val."""
+    names = [f"case{i}" for i in range(5)]
+    for i, name in enumerate(names):
+        image, label = blob_volume(i, shape=(24, 40, 40))
+        write_image(tmp_path / "images" / f"{name}.nii.gz", image)
+        write_image(tmp_path / "labels" / f"{name}.nii.gz", label.astype(np.uint8))
+    splits = {"train": names[:4], "labeled_2": names[:2], "val": names[4:]}
+    (tmp_path / "splits.json").write_text(json.dumps(splits))
+    return tmp_path
+
+
+def test_cvbm_arm_at_cpu_scale_in_3d_with_zoom(dataset, tmp_path):
+    out = tmp_path / "out"
+    code = accuracy.main([str(dataset), "--labeled", "2", "--arm", "cvbm", "--dim", "3", "--out", str(out),
+                          "--set", "width=4", "--set", "pretrain_iterations=2", "--set", "selftrain_iterations=2",
+                          "--set", "patch_size=16,16,16", "--set", "validate_every=1"])
+    assert code == 0
+    report = json.loads((out / "summary.json").read_text())
+    assert report["zoom"] == accuracy.CPU_3D_ZOOM and report["config"]["patch_size"] == [16, 16, 16]
+    assert set(report["results"]) == {"cvbm fg", "cvbm mix", "cvbm avg", "cvbm bg", "supervised (its teacher) fg"}
+    rows = list(csv.DictReader((out / "cvbm_fg.csv").open()))
+    # scored on the original 24x40x40 grid of the one val case, with the four metrics
+    assert [r["case"] for r in rows] == ["case4"]
+    assert {"dice", "jaccard", "hd95", "asd"} <= {k.lower() for k in rows[0]}
+
+
+def test_splits_declare_la_holdout_and_selection(tmp_path):
+    train = [f"c{i:02d}" for i in range(30)]
+    (tmp_path / "splits.json").write_text(json.dumps({"train": train, "labeled_4": train[:4]}))
+    split = accuracy.splits_of(tmp_path, 4)
+    assert split["holdout"] == train[-16:] and split["selection"] == train[-20:-16]
+    assert split["unlabeled"] == train[4:-20]
+    assert not set(split["unlabeled"]) & (set(split["holdout"]) | set(split["selection"]) | set(split["labeled"]))
