@@ -109,6 +109,20 @@ def test_complementary_loss_uses_inverted_labels():
     assert complementary_seg_loss(-good, y, torch.ones(1, 2)).item() > 4
 
 
+def test_complementary_dice_sees_a_missed_small_structure():
+    """One voxel of class 1 among 100: a bg head that says "not class 1" everywhere misses it.
+
+    Its Dice term is on 1 - Q_bg vs 1 - Y_bg, so channel 1 scores 0 overlap (Dice loss 1/2 over the
+    two channels); a Dice on Q_bg vs Y_bg (99 ones) would be about 0.005 and hide the miss."""
+    y = torch.zeros(1, 100, dtype=torch.long)
+    y[0, 0] = 1
+    missed = torch.stack([torch.full((100,), -9.0), torch.full((100,), 9.0)])[None]  # Q_bg[1] = 1 everywhere
+    missed[0, 0, 0] = 9.0  # and the structure's voxel is "not background" (channel 0 right there)
+    dice_part = 2 * complementary_seg_loss(missed, y, torch.ones(1, 100)).item() - \
+        torch.nn.functional.binary_cross_entropy_with_logits(missed, background_labels(y, 2)).item()
+    assert dice_part > 0.45
+
+
 def test_region_wide_loss_weights_and_regions():
     torch.manual_seed(0)
     out = CVBMOutput(torch.randn(1, 2, 4), torch.randn(1, 2, 4), torch.randn(1, 2, 4))

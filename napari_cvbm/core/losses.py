@@ -46,10 +46,13 @@ def complementary_seg_loss(logits: torch.Tensor, target: torch.Tensor, region: t
 
     ``target`` holds class indices (N, *S); the head is trained on the complementary
     labels ``background_labels(target)`` (spec 2), so sigmoid(logits)[c] estimates Q_bg[c].
+    The BCE is on Q_bg; the soft Dice measures the overlap of the small side of each binary
+    problem, 1 - Q_bg[c] against 1 - Y_bg[c] ("is class c"). A Dice of Q_bg against Y_bg, whose
+    channels are almost all ones, stays near 0 even when a small structure is missed entirely.
     """
     bg_target = background_labels(target, logits.shape[1])
     bce = F.binary_cross_entropy_with_logits(logits, bg_target, reduction="none").mean(1)
-    dice = soft_dice_loss(torch.sigmoid(logits), bg_target, region)
+    dice = soft_dice_loss(torch.sigmoid(-logits), 1.0 - bg_target, region)  # sigmoid(-x) = 1 - sigmoid(x)
     return 0.5 * (_masked_mean(bce, region) + dice)
 
 
