@@ -46,19 +46,23 @@ CONV_SHAPES = {  # (channels, input shape): layers like the networks' own, from 
 
 
 def conv_limit(device, dim, repeats):
-    """The machine's limit: best GFLOP/s of dense 3x3(x3) convs (forward + backward, float32)."""
+    """The machine's limit: best GFLOP/s of dense 3x3(x3) convs (forward + backward, float32),
+    over the layer shapes and both memory layouts (contiguous and channels-last)."""
     best = 0.0
+    layouts = (torch.contiguous_format, torch.channels_last if dim == 2 else torch.channels_last_3d)
     for channels, shape in CONV_SHAPES[dim]:
-        conv = (torch.nn.Conv3d if dim == 3 else torch.nn.Conv2d)(channels, channels, 3, padding=1).to(device)
-        x = torch.randn(shape, device=device, requires_grad=True)
+        for layout in layouts:
+            conv = (torch.nn.Conv3d if dim == 3 else torch.nn.Conv2d)(channels, channels, 3, padding=1)
+            conv = conv.to(device, memory_format=layout)
+            x = torch.randn(shape, device=device).contiguous(memory_format=layout).requires_grad_(True)
 
-        def step():
-            conv(x).sum().backward()
+            def step():
+                conv(x).sum().backward()
 
-        seconds = _timed(step, device, repeats)
-        with FlopCounterMode(display=False) as counter:
-            step()
-        best = max(best, counter.get_total_flops() / seconds / 1e9)
+            seconds = _timed(step, device, repeats)
+            with FlopCounterMode(display=False) as counter:
+                step()
+            best = max(best, counter.get_total_flops() / seconds / 1e9)
     return best
 
 
@@ -107,8 +111,9 @@ def training_speed(name, dim, device, steps, shape, flops=None, **variant):
 
 
 def variants_for(device, want_compile):
-    """Settings compared on this device: defaults, then the layout / precision / compile options."""
-    variants = {"default": {}, "channels-last": {"channels_last": True}}
+    """Settings compared on this device: both memory layouts, then precision and compile options
+    (each on top of the preset's other settings; the first variant's FLOPs are reused)."""
+    variants = {"contiguous": {"channels_last": False}, "channels-last": {"channels_last": True}}
     if device.type == "cuda":
         variants["float32 (no amp)"] = {"amp": False}
     if want_compile:
@@ -157,11 +162,13 @@ def main():
     report["training"] = {}
     for name, dim, shape in presets:
         steps = 1 if name == "paper" and device.type == "cpu" else repeats * 2
+        first = None
         for label, variant in variants_for(device, args.compile).items():
-            if name == "paper" and device.type == "cpu" and label != "default":
+            if name == "paper" and device.type == "cpu" and first is not None:
                 continue  # paper presets on a CPU: one timing is enough
-            counted = None if label == "default" else {
-                phase: r["gflop_per_it"] * 1e9 for phase, r in report["training"][f"{name} {dim}D default"].items()}
+            counted = None if first is None else {
+                phase: r["gflop_per_it"] * 1e9 for phase, r in report["training"][first].items()}
+            first = first or f"{name} {dim}D {label}"
             result = training_speed(name, dim, device, steps, shape, flops=counted, **variant)
             limit = report["conv_limit_gflops"][f"{dim}d"]
             for phase in result.values():

@@ -97,7 +97,7 @@ PRESETS = {
                        batch_unlabeled=12, pretrain_iterations=10000, selftrain_iterations=30000,
                        consistency_weight=0.5, consistency_rampup=30000),
     ("cpu", 3): dict(width=8, patch_size=(32, 48, 48), batch_labeled=2, batch_unlabeled=2,
-                     pretrain_iterations=150, selftrain_iterations=300, lr_schedule="poly",
+                     pretrain_iterations=150, selftrain_iterations=300, lr_schedule="poly", channels_last=True,
                      consistency_weight=1.0, consistency_rampup=300, validate_every=50,
                      checkpoint_every=50),
     ("cpu", 2): dict(width=16, patch_size=(128, 128), slice_size=(128, 128), batch_labeled=8,
