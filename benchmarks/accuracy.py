@@ -66,12 +66,16 @@ def cases(folder: Path, names, with_labels=True, num_classes=None):
     return load_cases(folder / "images", labels, num_classes, names=names)
 
 
+def _zoom_image(image: np.ndarray, factor: float) -> np.ndarray:
+    return image if factor == 1 else ndimage.zoom(image, factor, order=1)
+
+
 def zoomed(case: Case, factor: float) -> Case:
     """The case resampled by ``factor`` (image linear, labels nearest)."""
     if factor == 1:
         return case
     label = None if case.label is None else ndimage.zoom(case.label, factor, order=0)
-    return Case(case.name, ndimage.zoom(case.image, factor, order=1), label,
+    return Case(case.name, _zoom_image(case.image, factor), label,
                 spacing=tuple(s / factor for s in case.spacing))
 
 
@@ -84,10 +88,10 @@ def _to_shape(probs: np.ndarray, shape) -> np.ndarray:
 
 
 def evaluate(model, eval_cases, config, views, factor=1.0):
-    """Per-view metric rows over whole volumes, on each case's original grid."""
+    """Per-view metric rows over whole volumes, on each case's original grid (only images are zoomed)."""
     results = {view: [] for view in views}
     for case in eval_cases:
-        pred = predict(model, zoomed(case, factor).image, heads="all" if config.background_branch else "fg",
+        pred = predict(model, _zoom_image(case.image, factor), heads="all" if config.background_branch else "fg",
                        patch_size=config.patch_size, slice_size=config.slice_size,
                        overlap=config.inference_overlap)
         for view in views:
