@@ -4,9 +4,11 @@
 
 Folder layout: images/<case>.nii.gz, labels/<case>.nii.gz, splits.json with "train" and
 "labeled_<N>" lists (plus "val" and/or "test" when present). Protocol:
-- labeled = splits["labeled_<N>"]; unlabeled = every other "train" case;
+- labeled = splits["labeled_<N>"] (else the first N patients of "labeled_patient_order", else the
+  first N "train" cases); unlabeled = every other "train" case;
 - model selection on "val" when the folder has it (ACDC), else on a declared selection set, the
-  4 "train" cases before the last 16 (LA); the last 16 "train" cases are the hold-out ("holdout");
+  4 "train" cases before the last 16 (LA); the last 16 "train" cases are the hold-out ("holdout"),
+  left out of training when it is the evaluation split and unlabeled training data otherwise;
 - evaluation on --eval-split ("val", "test" or "holdout"), whole volumes, metrics in voxels.
 Arms: "supervised" (pre-trained teacher only), "fg_ssl" (same pipeline without bg decoder, mixing
 layer and consistency), "cvbm" (reported for the fg, mix and avg outputs, the bg view alone, and
@@ -42,10 +44,21 @@ CPU_3D = dict(patch_size=(32, 64, 64), pretrain_iterations=400, selftrain_iterat
 CPU_3D_ZOOM = 0.5
 
 
-def splits_of(folder: Path, labeled: int) -> dict:
+def labeled_cases(splits: dict, budget: int) -> list:
+    """splits["labeled_<budget>"]; without it, the volumes of the first ``budget`` patients of
+    "labeled_patient_order" (ACDC), else the first ``budget`` "train" cases (LA), as the protocol defines them."""
+    if f"labeled_{budget}" in splits:
+        return splits[f"labeled_{budget}"]
+    if "labeled_patient_order" in splits:
+        patients = tuple(f"{p}_" for p in splits["labeled_patient_order"][:budget])
+        return [c for c in splits["train"] if c.startswith(patients)]
+    return splits["train"][:budget]
+
+
+def splits_of(folder: Path, labeled: int, eval_split: str = "holdout") -> dict:
     splits = json.loads((folder / "splits.json").read_text())
     train = splits["train"]
-    chosen = splits[f"labeled_{labeled}"]
+    chosen = labeled_cases(splits, labeled)
     out = {"labeled": chosen}
     if "val" in splits:
         out["selection"] = splits["val"]
@@ -53,7 +66,8 @@ def splits_of(folder: Path, labeled: int) -> dict:
     else:
         out["holdout"] = train[-HOLDOUT:]
         out["selection"] = train[-HOLDOUT - SELECTION:-HOLDOUT]
-        out["unlabeled"] = [c for c in train[:-HOLDOUT - SELECTION] if c not in chosen]
+        pool = train[:-HOLDOUT - SELECTION] + (out["holdout"] if eval_split != "holdout" else [])
+        out["unlabeled"] = [c for c in pool if c not in chosen]
     for name in ("val", "test"):
         if name in splits:
             out[name] = splits[name]
@@ -115,7 +129,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
-    split = splits_of(args.data, args.labeled)
+    split = splits_of(args.data, args.labeled, args.eval_split)
+    if args.eval_split not in split:
+        parser.error(f"{args.data} has no split {args.eval_split!r}; choose from "
+                     f"{sorted(set(split) & {'val', 'test', 'holdout'})}")
     dim = args.dim or (2 if "val" in split else 3)
     labeled = cases(args.data, split["labeled"])
     num_classes = max(2, max(int(c.label.max()) for c in labeled) + 1)

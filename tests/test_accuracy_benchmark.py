@@ -51,3 +51,18 @@ def test_splits_declare_la_holdout_and_selection(tmp_path):
     assert split["holdout"] == train[-16:] and split["selection"] == train[-20:-16]
     assert split["unlabeled"] == train[4:-20]
     assert not set(split["unlabeled"]) & (set(split["holdout"]) | set(split["selection"]) | set(split["labeled"]))
+
+
+def test_la_holdout_trains_as_unlabeled_when_another_split_is_scored(tmp_path):
+    train = [f"c{i:02d}" for i in range(30)]
+    (tmp_path / "splits.json").write_text(json.dumps({"train": train, "labeled_4": train[:4], "test": ["t0"]}))
+    split = accuracy.splits_of(tmp_path, 4, eval_split="test")
+    assert split["unlabeled"] == train[4:-20] + train[-16:] and split["test"] == ["t0"]
+    assert not set(split["unlabeled"]) & (set(split["selection"]) | set(split["labeled"]))
+
+
+def test_labeled_budget_follows_the_protocol_without_a_labeled_list():
+    splits = {"train": ["p2_f1", "p1_f1", "p2_f2", "p1_f2", "p3_f1"], "labeled_patient_order": ["p2", "p1", "p3"]}
+    assert accuracy.labeled_cases(splits, 1) == ["p2_f1", "p2_f2"]  # both frames of the first patient
+    assert accuracy.labeled_cases({**splits, "labeled_1": ["p3_f1"]}, 1) == ["p3_f1"]
+    assert accuracy.labeled_cases({"train": ["a", "b", "c"]}, 2) == ["a", "b"]

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from napari_cvbm.core.checkpoint import load_model
@@ -12,7 +13,8 @@ from napari_cvbm.core.io import read_image
 from napari_cvbm.demo import sample_data_dir
 
 
-def test_torchrun_two_cpu_ranks(tmp_path):
+@pytest.mark.parametrize("norm", ["instance", "batch"])  # batch: running statistics must agree too
+def test_torchrun_two_cpu_ranks(tmp_path, norm):
     data = sample_data_dir()
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -21,14 +23,15 @@ def test_torchrun_two_cpu_ranks(tmp_path):
            "--labels", data / "labeled" / "labels", "--unlabeled", data / "unlabeled" / "images",
            "--val-images", data / "test" / "images", "--val-labels", data / "test" / "labels",
            "--out", out, "--device", "cpu", "--set", "width=4", "--set", "patch_size=32,32,32",
-           "--set", "pretrain_iterations=4", "--set", "selftrain_iterations=4", "--set", "validate_every=2"]
+           "--set", "pretrain_iterations=4", "--set", "selftrain_iterations=4", "--set", "validate_every=2",
+           "--set", f"norm={norm}"]
     result = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert "distributed: 2 processes" in result.stdout
     assert "ranks hold identical student and teacher weights: yes" in result.stdout
     assert result.stdout.count("saved ") == 1  # only rank 0 writes
     model, config = load_model(out / "model.pt")  # the single-process CLI and napari read it
-    assert config.width == 4
+    assert config.width == 4 and config.norm == norm
     image = read_image(data / "test" / "images" / "case_013.nii.gz")
     pred = predict(model, image.array, patch_size=config.patch_size)
     assert pred.labels.shape == image.array.shape

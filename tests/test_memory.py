@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-SCRIPT = """
+SCRIPT = r"""
 import re, sys, numpy as np
 from napari_cvbm.core.config import preset
 from napari_cvbm.core.checkpoint import build_model

@@ -1,7 +1,9 @@
 """Data-parallel training across processes started by ``torchrun`` (DistributedDataParallel).
 
 Each rank samples its own patches (seed + rank); gradients are all-reduced by DDP, so the
-students, and the EMA teachers computed from them, stay identical on every rank. Only rank 0
+students, and the EMA teachers computed from them, stay identical on every rank. BatchNorm
+(``norm="batch"``) normalises over the whole global batch on GPUs (SyncBatchNorm); its running
+statistics are averaged over the ranks after every step, so they agree too (on CPUs as well). Only rank 0
 validates, logs and writes checkpoints; the weights it selects are broadcast to the others.
 """
 
@@ -57,6 +59,16 @@ def broadcast_state(state: Dict[str, torch.Tensor], device: torch.device) -> Dic
         dist.broadcast(tensor, 0)
         out[key] = tensor.cpu()
     return out
+
+
+def average_buffers(model: torch.nn.Module) -> None:
+    """Replace every floating-point buffer (BatchNorm running statistics) by its mean over the ranks."""
+    if not is_distributed():
+        return
+    for buffer in model.buffers():
+        if buffer.is_floating_point():
+            dist.all_reduce(buffer)
+            buffer.div_(world_size())
 
 
 def weights_agree(model: torch.nn.Module, device: torch.device) -> bool:

@@ -102,6 +102,8 @@ class TrainingRun:
         self.model = build_model(config)
         if initial_weights is not None:  # fine-tuning: start from a trained model of the same config
             self.model.load_state_dict(initial_weights)
+        if distributed.is_distributed() and self.device.type == "cuda":  # BatchNorm over the global batch
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model.to(self.device)
         if config.channels_last:
             self.model.to(memory_format=memory_format(config.dim))
@@ -194,7 +196,7 @@ class TrainingRun:
                 parts["total"] = sum(parts.values())
                 for k, v in parts.items():
                     terms[k] = terms.get(k, 0.0) + v
-        self._gradient_step(terms["total"], self.optimizer)
+        self._optimise(terms["total"])
         return {k: float(v.detach()) for k, v in terms.items()}, 0.0
 
     def _student_step(self, sampled):
@@ -238,7 +240,7 @@ class TrainingRun:
                 parts["total"] = total
                 for k, v in parts.items():
                     terms[k] = terms.get(k, 0.0) + v
-        self._gradient_step(terms["total"], self.optimizer)
+        self._optimise(terms["total"])
         ema_update(self.teacher, self.model, cfg.ema_decay)
         return {k: float(v.detach()) for k, v in terms.items()}, lam
 
@@ -270,7 +272,13 @@ class TrainingRun:
             return model
         ids = [self.device.index] if self.device.type == "cuda" else None
         return torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=ids, find_unused_parameters=not self.config.pretrain_mix_head)
+            model, device_ids=ids, find_unused_parameters=not self.config.pretrain_mix_head,
+            broadcast_buffers=False)  # buffers are averaged after each step instead
+
+    def _optimise(self, loss: torch.Tensor) -> None:
+        """One SGD step on ``loss``; BatchNorm running statistics then agree across ranks."""
+        self._gradient_step(loss, self.optimizer)
+        distributed.average_buffers(self.model)
 
     def _new_optimizer(self):
         cfg = self.config
