@@ -21,7 +21,7 @@ from napari_cvbm.core.losses import (
     softmax_seg_loss,
 )
 from napari_cvbm.core.networks import CVBMOutput
-from napari_cvbm.core.pseudo_labels import pseudo_labels
+from napari_cvbm.core.pseudo_labels import class_map, pseudo_labels
 
 
 # --- spec 2: complementary labels -------------------------------------------------------
@@ -184,6 +184,11 @@ def test_ema_update_by_hand():
     ema_update(teacher, student, decay=0.99)
     assert torch.allclose(teacher.weight, torch.full((2,), 0.99 * 0.99))
     assert torch.equal(teacher.running_mean, student.running_mean)  # buffers are copied
+
+
+def test_class_map_is_argmax_over_classes_ties_included():
+    logits = torch.randint(0, 3, (4, 5, 6, 7, 8)).float()  # small integers: many ties
+    assert torch.equal(class_map(logits), logits.argmax(1))  # first index on ties, like argmax
 
 
 def test_pseudo_labels_keep_largest_component_per_class():
