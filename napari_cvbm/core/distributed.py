@@ -2,9 +2,10 @@
 
 Each rank samples its own patches (seed + rank); gradients are all-reduced by DDP, so the
 students, and the EMA teachers computed from them, stay identical on every rank. BatchNorm
-(``norm="batch"``) normalises over the whole global batch on GPUs (SyncBatchNorm); its running
-statistics are averaged over the ranks after every step, so they agree too (on CPUs as well). Only rank 0
-validates, logs and writes checkpoints; the weights it selects are broadcast to the others.
+(``norm="batch"``) normalises over the global batch on GPUs (SyncBatchNorm); its running
+statistics are averaged over the ranks after every step, on any backend, so they agree too.
+Only rank 0 validates, logs and writes checkpoints; the weights it selects are broadcast to the
+others.
 """
 
 import os
@@ -63,12 +64,14 @@ def broadcast_state(state: Dict[str, torch.Tensor], device: torch.device) -> Dic
 
 def average_buffers(model: torch.nn.Module) -> None:
     """Replace every floating-point buffer (BatchNorm running statistics) by its mean over the ranks."""
-    if not is_distributed():
+    buffers = [b for b in model.buffers() if b.is_floating_point()]
+    if not buffers or not is_distributed():
         return
-    for buffer in model.buffers():
-        if buffer.is_floating_point():
-            dist.all_reduce(buffer)
-            buffer.div_(world_size())
+    flat = torch.cat([b.reshape(-1) for b in buffers])  # one all-reduce for all of them
+    dist.all_reduce(flat)
+    flat /= world_size()
+    for buffer, mean in zip(buffers, flat.split([b.numel() for b in buffers])):
+        buffer.copy_(mean.view_as(buffer))
 
 
 def weights_agree(model: torch.nn.Module, device: torch.device) -> bool:
