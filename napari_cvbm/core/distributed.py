@@ -64,8 +64,10 @@ def broadcast_state(state: Dict[str, torch.Tensor], device: torch.device) -> Dic
 
 def average_buffers(model: torch.nn.Module) -> None:
     """Replace every floating-point buffer (BatchNorm running statistics) by its mean over the ranks."""
+    if not is_distributed():  # called every training step: nothing to gather in one process
+        return
     buffers = [b for b in model.buffers() if b.is_floating_point()]
-    if not buffers or not is_distributed():
+    if not buffers:
         return
     flat = torch.cat([b.reshape(-1) for b in buffers])  # one all-reduce for all of them
     dist.all_reduce(flat)
