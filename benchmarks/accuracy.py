@@ -107,7 +107,7 @@ def evaluate(model, eval_cases, config, views, factor=1.0):
     for case in eval_cases:
         pred = predict(model, _zoom_image(case.image, factor), heads="all" if config.background_branch else "fg",
                        patch_size=config.patch_size, slice_size=config.slice_size,
-                       overlap=config.inference_overlap)
+                       overlap=config.inference_overlap, amp=config.amp)
         for view in views:
             probs = pred.bg if view == "bg" else combine_views(view, pred.fg, pred.bg, pred.mix)
             results[view].append((case.name, _to_shape(probs, case.label.shape).argmax(0), case.label, None))
@@ -160,7 +160,8 @@ def main(argv=None) -> int:
         models["supervised (its teacher)"] = run.pretrained_model()
     report = {"data": str(args.data), "labeled": args.labeled, "arm": args.arm, "scale": args.scale, "zoom": factor,
               "eval_split": args.eval_split, "train_seconds": train_seconds, "config": config.to_dict(),
-              "selection_dice": run.best_dice, "results": {}}
+              "precision": run.precision,
+              "channels_last": run.channels_last, "selection_dice": run.best_dice, "results": {}}
     args.out.mkdir(parents=True, exist_ok=True)
     for name, model in models.items():
         views = ("fg", "mix", "avg", "bg") if name == "cvbm" else ("fg",)

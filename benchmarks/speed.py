@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from napari_cvbm.core.acceleration import autocast, autocast_dtype, precision_name
 from napari_cvbm.core.checkpoint import build_model
 from napari_cvbm.core.config import preset
 from napari_cvbm.core.data import make_case
@@ -45,9 +46,10 @@ CONV_SHAPES = {  # (channels, input shape): layers like the networks' own, from 
 }
 
 
-def conv_limit(device, dim, repeats):
-    """The machine's limit: best GFLOP/s of dense 3x3(x3) convs (forward + backward, float32),
-    over the layer shapes and both memory layouts (contiguous and channels-last)."""
+def conv_limit(device, dim, repeats, amp):
+    """The machine's limit: best GFLOP/s of dense 3x3(x3) convs (forward + backward) in the
+    training's precision (float32, or autocast with ``amp``), over the layer shapes and both
+    memory layouts (contiguous and channels-last)."""
     best = 0.0
     layouts = (torch.contiguous_format, torch.channels_last if dim == 2 else torch.channels_last_3d)
     for channels, shape in CONV_SHAPES[dim]:
@@ -57,7 +59,9 @@ def conv_limit(device, dim, repeats):
             x = torch.randn(shape, device=device).contiguous(memory_format=layout).requires_grad_(True)
 
             def step():
-                conv(x).sum().backward()
+                with autocast(device, amp):
+                    y = conv(x)
+                y.float().sum().backward()
 
             seconds = _timed(step, device, repeats)
             with FlopCounterMode(display=False) as counter:
@@ -111,11 +115,12 @@ def training_speed(name, dim, device, steps, shape, flops=None, **variant):
 
 
 def variants_for(device, want_compile):
-    """Settings compared on this device: both memory layouts, then precision and compile options
-    (each on top of the preset's other settings; the first variant's FLOPs are reused)."""
-    variants = {"contiguous": {"channels_last": False}, "channels-last": {"channels_last": True}}
-    if device.type == "cuda":
-        variants["float32 (no amp)"] = {"amp": False}
+    """Settings compared on this device: both memory layouts, in mixed precision where the device
+    has it and in float32, then compile (each on top of the preset's other settings; the first
+    variant's FLOPs are reused)."""
+    amps = (True, False) if autocast_dtype(device) else (False,)
+    variants = {f"{precision_name(device, amp)} {layout}": {"channels_last": cl, "amp": amp}
+                for amp in amps for layout, cl in (("contiguous", False), ("channels-last", True))}
     if want_compile:
         variants["compile"] = {"compile": True}
     return variants
@@ -131,16 +136,18 @@ def inference_speed(device, shape, repeats):
     x = torch.from_numpy(image)[None, None].to(device)
 
     def monai_plain():
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(device):
             sliding_window_inference(x, patch, 4, model.forward_fg, overlap=0.5, mode="gaussian")
 
     out = {}
-    for label, fn in (
+    float32 = [("fg only, float32 (predict heads=fg amp=False)",
+                lambda: predict(model, image, heads="fg", patch_size=patch, device=device, amp=False))]
+    for label, fn in (float32 if autocast_dtype(device) else []) + [
         ("fg only (predict heads=fg)", lambda: predict(model, image, heads="fg", patch_size=patch, device=device)),
         ("all three heads (predict heads=all)", lambda: predict(model, image, heads="all", patch_size=patch,
                                                                 device=device)),
         ("MONAI sliding_window_inference, plain net", monai_plain),
-    ):
+    ]:
         out[label] = _timed(fn, device, repeats)
     return out
 
@@ -155,7 +162,9 @@ def main():
     device = choose_device(args.device)
     repeats = 2 if args.quick else 5
     report = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads()}
-    report["conv_limit_gflops"] = {f"{d}d": conv_limit(device, d, repeats) for d in (2, 3)}
+    precisions = {precision_name(device, amp): amp for amp in (False, True)}
+    report["conv_limit_gflops"] = {name: {f"{d}d": conv_limit(device, d, repeats, amp) for d in (2, 3)}
+                                   for name, amp in precisions.items()}
     presets = [("cpu", 3, (48, 64, 64)), ("cpu", 2, (8, 160, 160))]
     if not args.quick:
         presets += [("paper", 3, (88, 128, 128)), ("paper", 2, (4, 256, 256))]
@@ -170,7 +179,7 @@ def main():
                 phase: r["gflop_per_it"] * 1e9 for phase, r in report["training"][first].items()}
             first = first or f"{name} {dim}D {label}"
             result = training_speed(name, dim, device, steps, shape, flops=counted, **variant)
-            limit = report["conv_limit_gflops"][f"{dim}d"]
+            limit = report["conv_limit_gflops"][precision_name(device, variant.get("amp", True))][f"{dim}d"]
             for phase in result.values():
                 phase["fraction_of_conv_limit"] = phase["gflop_per_s"] / limit
             report["training"][f"{name} {dim}D {label}"] = result
@@ -180,12 +189,12 @@ def main():
         report["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
 
     print(f"device {report['device']}, torch {report['torch']}, {report['threads']} threads")
-    print("dense conv limit (fwd+bwd, fp32): " + ", ".join(f"{k} {v:.1f} GFLOP/s"
-                                                        for k, v in report["conv_limit_gflops"].items()))
-    print(f"{'training':<30}{'phase':<11}{'it/s':>8}{'ms/it':>10}{'GFLOP/it':>10}{'GFLOP/s':>9}{'of limit':>9}")
+    for name, limits in report["conv_limit_gflops"].items():
+        print(f"dense conv limit (fwd+bwd, {name}): " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in limits.items()))
+    print(f"{'training':<38}{'phase':<11}{'it/s':>8}{'ms/it':>10}{'GFLOP/it':>10}{'GFLOP/s':>9}{'of limit':>9}")
     for key, phases in report["training"].items():
         for phase, r in phases.items():
-            print(f"{key:<30}{phase:<11}{r['it_per_s']:>8.2f}{r['ms_per_it']:>10.0f}{r['gflop_per_it']:>10.1f}"
+            print(f"{key:<38}{phase:<11}{r['it_per_s']:>8.2f}{r['ms_per_it']:>10.0f}{r['gflop_per_it']:>10.1f}"
                   f"{r['gflop_per_s']:>9.1f}{100 * r['fraction_of_conv_limit']:>8.0f}%")
     print("sliding-window inference, 88x144x176 volume, cpu-preset V-Net:")
     for key, seconds in report["inference_s_per_volume_88x144x176"].items():

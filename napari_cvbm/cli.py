@@ -96,7 +96,8 @@ def _train(args) -> int:
         config = preset(args.preset, args.dim, num_classes=num_classes, **overrides)
         run = TrainingRun(config, labeled, unlabeled, validation, out_dir=args.out, device=args.device)
     say(f"{len(labeled)} labeled, {len(unlabeled)} unlabeled, {len(validation)} validation image(s); "
-        f"device {run.device}; writing to {args.out}")
+        f"device {run.device} ({run.precision}, {'channels-last' if run.channels_last else 'contiguous'} layout); "
+        f"writing to {args.out}")
     if distributed.is_distributed():
         say(f"distributed: {distributed.world_size()} processes, each sampling its own patches")
     train_with_progress(run, show=main_process)
@@ -132,7 +133,7 @@ def cmd_predict(args) -> int:
         image = read_image(path, channel=args.channel)
         pred = predict(model, image.array, mode=args.mode, heads=heads, patch_size=config.patch_size,
                        slice_size=config.slice_size, overlap=config.inference_overlap,
-                       device=args.device, largest_component=args.largest_component)
+                       device=args.device, largest_component=args.largest_component, amp=not args.float32)
         name = strip_extension(path)
         suffix = args.format or path.name[len(name):]
         geometry = dict(spacing=image.spacing, affine=image.affine)
@@ -214,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--largest-component", action="store_true", help="keep the largest component per class")
     p.add_argument("--format", choices=(".nii.gz", ".nii", ".tif", ".tiff"), help="output format (default: input's)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--float32", action="store_true",
+                   help="float32 throughout (default: bfloat16 mixed precision on GPUs and CPUs that support it)")
     p.add_argument("--channel", type=int, help=CHANNEL_HELP)
     p.set_defaults(func=cmd_predict)
 

@@ -1,11 +1,24 @@
-"""Training speed-ups (issue 6): channels-last gives the same training, the fp16 gradient scaler path."""
+"""Training speed-ups (issue 6): channels-last gives the same training, bfloat16 autocast on CPUs
+that have it trains close to float32, the fp16 gradient scaler path."""
 
 import dataclasses
 
+from pathlib import Path
+
+import numpy as np
+import pytest
 import torch
 
 from napari_cvbm.core import acceleration
+from napari_cvbm.core.checkpoint import load_model
+from napari_cvbm.core.inference import predict
+from napari_cvbm.core.io import read_image, read_labels
+from napari_cvbm.core.metrics import dice_score
 from napari_cvbm.core.training import TrainingRun
+
+ROOT = Path(__file__).resolve().parents[1]
+STARTER = ROOT / "napari_cvbm" / "models" / "starter.pt"
+SAMPLE_TEST = ROOT / "sample_data" / "test"
 
 
 def _losses(config, cases):
@@ -13,19 +26,45 @@ def _losses(config, cases):
 
 
 def test_channels_last_trains_the_same(tiny_cases, tiny_config):
-    config = dataclasses.replace(tiny_config, pretrain_iterations=2, selftrain_iterations=2)
+    config = dataclasses.replace(tiny_config, pretrain_iterations=2, selftrain_iterations=2, amp=False,
+                                 channels_last=False)
     plain = _losses(config, tiny_cases)
     fast_config = dataclasses.replace(config, channels_last=True)
     run = TrainingRun(fast_config, *tiny_cases)
-    conv = next(m for m in run.model.modules() if isinstance(m, torch.nn.Conv3d) and m.kernel_size == (3, 3, 3))
+    conv = next(m for m in run.model.modules() if isinstance(m, torch.nn.Conv3d) and m.in_channels > 1)
     assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
     fast = [e.losses["total"] for e in run.events()]
     torch.testing.assert_close(torch.tensor(fast), torch.tensor(plain), rtol=1e-3, atol=1e-4)
 
 
-def test_no_autocast_off_cuda():
-    assert acceleration.autocast_dtype(torch.device("cpu")) is None
-    assert acceleration.GradientStep(torch.device("cpu"), amp=True).scaler is None
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_autocasts_to_bfloat16_only_with_native_support(monkeypatch, native):
+    monkeypatch.setattr(acceleration, "cpu_has_native_bfloat16", lambda: native)
+    cpu = torch.device("cpu")
+    assert acceleration.autocast_dtype(cpu) == (torch.bfloat16 if native else None)
+    assert acceleration.GradientStep(cpu, amp=True).scaler is None  # bfloat16 needs no loss scaling
+    conv = torch.nn.Conv2d(1, 2, 3)
+    with acceleration.autocast(cpu):
+        assert conv(torch.ones(1, 1, 5, 5)).dtype == (torch.bfloat16 if native else torch.float32)
+    with acceleration.autocast(cpu, enabled=False):
+        assert conv(torch.ones(1, 1, 5, 5)).dtype == torch.float32
+
+
+def test_bfloat16_training_on_cpu_follows_float32(monkeypatch, tiny_cases, tiny_config):
+    """Mixed-precision steps (forced on here, so that any CPU runs them) give the float32 losses
+    to bfloat16 accuracy, and the weights stay float32."""
+    monkeypatch.setattr(acceleration, "cpu_has_native_bfloat16", lambda: True)
+    config = dataclasses.replace(tiny_config, pretrain_iterations=3, selftrain_iterations=3)
+    exact = _losses(dataclasses.replace(config, amp=False), tiny_cases)
+    run = TrainingRun(config, *tiny_cases)
+    mixed = [e.losses["total"] for e in run.events()]
+    assert all(p.dtype == torch.float32 for p in run.model.parameters())
+    assert mixed != exact  # the bfloat16 path really ran
+    convs = []
+    run.model.encoder.register_forward_hook(lambda module, inputs, output: convs.append(output[0].dtype))
+    logits = run._forward(run.net, torch.zeros(1, 1, *tiny_config.patch_size))
+    assert convs == [torch.bfloat16] and all(t.dtype == torch.float32 for t in logits)  # losses in float32
+    torch.testing.assert_close(torch.tensor(mixed), torch.tensor(exact), rtol=0.03, atol=0.01)
 
 
 def test_float16_gradient_scaler_path(monkeypatch):
@@ -37,3 +76,32 @@ def test_float16_gradient_scaler_path(monkeypatch):
     optimizer = torch.optim.SGD([weight], lr=0.1)
     step((weight * torch.tensor([1.0, 2.0, 3.0])).sum(), optimizer)
     torch.testing.assert_close(weight.detach(), torch.tensor([0.9, 0.8, 0.7]))
+
+
+def test_bfloat16_inference_matches_float32(monkeypatch):
+    """The starter model on a sample test volume: bfloat16 windows give (nearly) the float32 labels."""
+    image = read_image(SAMPLE_TEST / "images" / "case_012.nii.gz").array
+    reference = read_labels(SAMPLE_TEST / "labels" / "case_012.nii.gz").array
+    model, config = load_model(STARTER)
+    monkeypatch.setattr(acceleration, "cpu_has_native_bfloat16", lambda: True)
+    exact, mixed = (predict(model, image, patch_size=config.patch_size, device="cpu", amp=amp) for amp in (False, True))
+    assert not np.array_equal(exact.fg, mixed.fg)  # the bfloat16 path really ran
+    assert np.abs(exact.fg - mixed.fg).max() < 0.1
+    assert (exact.labels == mixed.labels).mean() > 0.995
+    assert abs(dice_score(exact.labels, reference, 2) - dice_score(mixed.labels, reference, 2)) < 0.01
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_automatic_layout_is_channels_last_only_for_3d_float32_on_cpu(monkeypatch, tiny_cases, tiny_config, native):
+    monkeypatch.setattr(acceleration, "cpu_has_native_bfloat16", lambda: native)
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert acceleration.use_channels_last(None, 3, cpu, amp=True) is not native  # bfloat16: contiguous
+    assert acceleration.use_channels_last(None, 3, cpu, amp=False)
+    assert not acceleration.use_channels_last(None, 2, cpu, amp=False)
+    assert not acceleration.use_channels_last(None, 3, gpu, amp=False)
+    assert acceleration.use_channels_last(True, 2, gpu, amp=True)
+    assert not acceleration.use_channels_last(False, 3, cpu, amp=False)
+    assert tiny_config.channels_last is None  # the presets choose automatically
+    run = TrainingRun(tiny_config, *tiny_cases)
+    conv = next(m for m in run.model.modules() if isinstance(m, torch.nn.Conv3d) and m.in_channels > 1)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d) is not native

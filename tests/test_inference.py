@@ -22,6 +22,14 @@ from napari_cvbm.core.inference import (
     predict,
 )
 from napari_cvbm.core.intensity import normalize_intensity
+from napari_cvbm.core import acceleration
+
+
+@pytest.fixture(autouse=True)
+def float32_inference(monkeypatch):
+    """These tests check the sliding-window arithmetic against exact references, so they run as on a
+    CPU without bfloat16 (float32); mixed-precision inference: test_acceleration.py."""
+    monkeypatch.setattr(acceleration, "cpu_has_native_bfloat16", lambda: False)
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """Training loop: events, partial annotation, checkpoints and exact resume."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -53,6 +55,7 @@ def test_teacher_is_ema_of_student(tiny_cases, tiny_config):
 
 def test_resume_continues_exactly(tiny_cases, tiny_config, tmp_path):
     labeled, unlabeled = tiny_cases
+    tiny_config = dataclasses.replace(tiny_config, channels_last=True)
     straight = TrainingRun(tiny_config, labeled, unlabeled, out_dir=tmp_path / "a")
     list(straight.events())
 
@@ -63,6 +66,8 @@ def test_resume_continues_exactly(tiny_cases, tiny_config, tmp_path):
     events.close()
     resumed = TrainingRun.resume(tmp_path / "b" / "last.pt", labeled, unlabeled, out_dir=tmp_path / "b")
     assert (resumed.phase, resumed.iteration) == ("selftrain", 2)
+    assert all(p.is_contiguous(memory_format=torch.channels_last_3d)  # the layout (and speed) of the first run
+               for p in resumed.teacher.parameters() if p.ndim == 5)
     list(resumed.events())
     assert torch.allclose(_weights(straight.model), _weights(resumed.model), atol=1e-5)
     assert torch.allclose(_weights(straight.teacher), _weights(resumed.teacher), atol=1e-5)

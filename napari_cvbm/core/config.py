@@ -40,8 +40,8 @@ class TrainConfig:
     validate_every: int = 200
     checkpoint_every: int = 100
     inference_overlap: float = 0.5
-    amp: bool = True  # mixed precision on CUDA (bf16 where supported); CPU training stays float32
-    channels_last: bool = False  # NHWC / NDHWC layout for model and inputs
+    amp: bool = True  # mixed precision: bf16 on CUDA and on CPUs with native bf16, fp16 on older GPUs
+    channels_last: Optional[bool] = None  # NHWC / NDHWC layout; None: where faster (acceleration.py)
     compile: bool = False  # torch.compile the student's forward pass
     seed: int = 0
 
@@ -67,6 +67,8 @@ class TrainConfig:
             problems.append(f"norm must be 'instance' or 'batch', not {self.norm!r}")
         if self.lr_schedule not in ("constant", "poly"):
             problems.append(f"lr_schedule must be 'constant' or 'poly', not {self.lr_schedule!r}")
+        if self.channels_last not in (True, False, None):
+            problems.append(f"channels_last must be true, false or none (automatic), not {self.channels_last!r}")
         if self.consistency_schedule not in ("release", "paper"):
             problems.append(f"consistency_schedule must be 'release' or 'paper', not {self.consistency_schedule!r}")
         if problems:
@@ -97,7 +99,7 @@ PRESETS = {
                        batch_unlabeled=12, pretrain_iterations=10000, selftrain_iterations=30000,
                        consistency_weight=0.5, consistency_rampup=30000),
     ("cpu", 3): dict(width=8, patch_size=(32, 48, 48), batch_labeled=2, batch_unlabeled=2,
-                     pretrain_iterations=150, selftrain_iterations=300, lr_schedule="poly", channels_last=True,
+                     pretrain_iterations=150, selftrain_iterations=300, lr_schedule="poly",
                      consistency_weight=1.0, consistency_rampup=300, validate_every=50,
                      checkpoint_every=50),
     ("cpu", 2): dict(width=16, patch_size=(128, 128), slice_size=(128, 128), batch_labeled=8,

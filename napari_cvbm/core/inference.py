@@ -324,6 +324,7 @@ def predict(
     batch_size: int = 4,
     progress: Optional[Callable[[float], object]] = None,
     blend: str = "gaussian",
+    amp: bool = True,
 ) -> Prediction:
     """Segment ``image`` with a CVBM ``model`` and return all computed views (spec 7).
 
@@ -347,6 +348,8 @@ def predict(
     batch_size: windows (or slices) per forward pass.
     progress: optional ``callback(fraction)`` called as windows/slices are done (0..1).
     blend: "gaussian" (default) or "constant" importance weighting of overlapping windows.
+    amp: mixed precision where ``device`` has it (:func:`~.acceleration.autocast_dtype`);
+        False for float32 throughout.
     """
     if mode not in OUTPUT_MODES:
         raise CVBMInputError(f"unknown output mode {mode!r}; choose one of {', '.join(OUTPUT_MODES)}")
@@ -411,7 +414,7 @@ def predict(
     try:
         while True:
             try:
-                with torch.inference_mode(), autocast(dev):
+                with torch.inference_mode(), autocast(dev, amp):
                     if dim == 3:
                         views = _predict_volume(model, norm, heads, num_views, settings, ov, dev, blend, progress)
                     else:

@@ -13,7 +13,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .acceleration import GradientStep, autocast, memory_format
+from .acceleration import GradientStep, autocast, memory_format, precision_name, use_channels_last
 from .checkpoint import build_model, load_checkpoint, model_from_payload, save_checkpoint, save_model
 from .config import TrainConfig
 from .cutmix import cutmix, cutmix_mask, cutmix_pair
@@ -87,6 +87,8 @@ class TrainingRun:
         self.config = config
         self.device = distributed.local_device(choose_device(device or "auto"))
         self.main_process = distributed.is_main_process()
+        self.channels_last = use_channels_last(config.channels_last, config.dim, self.device, config.amp)
+        self.precision = precision_name(self.device, config.amp)
         self.validation = list(validation) if self.main_process else []
         self.out_dir = Path(out_dir) if out_dir is not None and self.main_process else None
         self.rng = np.random.default_rng(config.seed + distributed.rank())  # each rank its own patches
@@ -104,9 +106,7 @@ class TrainingRun:
             self.model.load_state_dict(initial_weights)
         if distributed.is_distributed() and self.device.type == "cuda":  # BatchNorm over the global batch
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.model.to(self.device)
-        if config.channels_last:
-            self.model.to(memory_format=memory_format(config.dim))
+        self._place(self.model)
         self.net = self._parallel(self.model)
         if config.compile:
             self.net = torch.compile(self.net)
@@ -186,16 +186,15 @@ class TrainingRun:
         y_a, y_b = cutmix_pair(labels[:half], labels[half:], mask)
         r_a, r_b = cutmix_pair(annotated[:half], annotated[half:], mask)
         terms: Dict[str, torch.Tensor] = {}
-        with autocast(self.device, cfg.amp):
-            for output, y, region in zip(_split(self.net(torch.cat([x_a, x_b]))), (y_a, y_b), (r_a, r_b)):
-                parts = {"fg": softmax_seg_loss(output.fg, y, region)}
-                if output.bg is not None:
-                    parts["bg"] = complementary_seg_loss(output.bg, y, region)
-                    if cfg.pretrain_mix_head:
-                        parts["mix"] = softmax_seg_loss(output.mix, y, region)
-                parts["total"] = sum(parts.values())
-                for k, v in parts.items():
-                    terms[k] = terms.get(k, 0.0) + v
+        for output, y, region in zip(_split(self._forward(self.net, torch.cat([x_a, x_b]))), (y_a, y_b), (r_a, r_b)):
+            parts = {"fg": softmax_seg_loss(output.fg, y, region)}
+            if output.bg is not None:
+                parts["bg"] = complementary_seg_loss(output.bg, y, region)
+                if cfg.pretrain_mix_head:
+                    parts["mix"] = softmax_seg_loss(output.mix, y, region)
+            parts["total"] = sum(parts.values())
+            for k, v in parts.items():
+                terms[k] = terms.get(k, 0.0) + v
         self._optimise(terms["total"])
         return {k: float(v.detach()) for k, v in terms.items()}, 0.0
 
@@ -209,8 +208,8 @@ class TrainingRun:
         batch = cfg.batch_labeled
         (x_l, y_l, ann), x_u = (self._to_device(t) for t in sampled[0]), self._to_device(sampled[1])
         partial = bool((ann < 1).any())
-        with torch.no_grad(), autocast(self.device, cfg.amp):
-            teacher_out = self.teacher(torch.cat([x_u, x_l]) if partial else x_u)
+        with torch.no_grad():
+            teacher_out = self._forward(self.teacher, torch.cat([x_u, x_l]) if partial else x_u)
             fg_pl, bg_pl = pseudo_labels(teacher_out, clean=cfg.clean_pseudo_labels)
         fg_u, bg_u = fg_pl[:batch], bg_pl[:batch]
         # unannotated voxels of a partly labeled image are supervised by the teacher, like unlabeled ones
@@ -228,18 +227,17 @@ class TrainingRun:
         lam = consistency_weight(self.iteration, cfg.selftrain_iterations, cfg.consistency_schedule,
                                  cfg.consistency_weight, cfg.consistency_rampup)
         terms: Dict[str, torch.Tensor] = {}
-        with autocast(self.device, cfg.amp):
-            outputs = _split(self.net(torch.cat([m[0] for m in mixes])))
-            for output, (_, fg_t, bg_t, region) in zip(outputs, mixes):
-                parts = region_wide_loss(output, fg_t, bg_t, region, 1.0 - region, cfg.alpha,
-                                         mix_head=cfg.selftrain_mix_head)
-                total = parts["rw"]
-                if output.bg is not None:
-                    parts.update(bidirectional_consistency(output))
-                    total = total + lam * parts["bcl"]
-                parts["total"] = total
-                for k, v in parts.items():
-                    terms[k] = terms.get(k, 0.0) + v
+        outputs = _split(self._forward(self.net, torch.cat([m[0] for m in mixes])))
+        for output, (_, fg_t, bg_t, region) in zip(outputs, mixes):
+            parts = region_wide_loss(output, fg_t, bg_t, region, 1.0 - region, cfg.alpha,
+                                     mix_head=cfg.selftrain_mix_head)
+            total = parts["rw"]
+            if output.bg is not None:
+                parts.update(bidirectional_consistency(output))
+                total = total + lam * parts["bcl"]
+            parts["total"] = total
+            for k, v in parts.items():
+                terms[k] = terms.get(k, 0.0) + v
         self._optimise(terms["total"])
         ema_update(self.teacher, self.model, cfg.ema_decay)
         return {k: float(v.detach()) for k, v in terms.items()}, lam
@@ -275,6 +273,13 @@ class TrainingRun:
             model, device_ids=ids, find_unused_parameters=not self.config.pretrain_mix_head,
             broadcast_buffers=False)  # buffers are averaged after each step instead
 
+    def _forward(self, net: torch.nn.Module, x: torch.Tensor) -> CVBMOutput:
+        """``net(x)`` in mixed precision where enabled, its logits returned in float32, so that
+        softmax, the losses and the pseudo-labels are computed in full precision."""
+        with autocast(self.device, self.config.amp):
+            output = net(x)
+        return CVBMOutput(*(t.float() if t is not None else None for t in output))
+
     def _optimise(self, loss: torch.Tensor) -> None:
         """One SGD step on ``loss``; BatchNorm running statistics then agree across ranks."""
         self._gradient_step(loss, self.optimizer)
@@ -293,10 +298,17 @@ class TrainingRun:
             group["lr"] = lr
         return lr
 
+    def _place(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` on the training device, channels-last when configured."""
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=memory_format(self.config.dim))
+        return model
+
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         """A batch tensor on the training device; images (N, 1, ...) channels-last when configured."""
         t = t.to(self.device, non_blocking=True)
-        if self.config.channels_last and t.ndim == self.config.dim + 2:
+        if self.channels_last and t.ndim == self.config.dim + 2:
             t = t.contiguous(memory_format=memory_format(self.config.dim))
         return t
 
@@ -310,7 +322,7 @@ class TrainingRun:
         scores = []
         for case in self.validation:
             pred = predict(self.model, case.image, heads="fg", patch_size=cfg.patch_size,
-                           slice_size=cfg.slice_size, overlap=0.25, device=self.device)
+                           slice_size=cfg.slice_size, overlap=0.25, device=self.device, amp=cfg.amp)
             scores.append(dice_score(pred.labels, case.label, cfg.num_classes))
         dice = float(np.mean(scores))
         if dice > self.best_dice:
@@ -349,7 +361,7 @@ class TrainingRun:
         run.elapsed, run.best_dice = payload["elapsed"], payload["best_dice"]
         run.best_state, run.pretrained_state = payload["best_state"], payload["pretrained_state"]
         if payload["teacher"] is not None:
-            run.teacher = build_model(config).to(run.device).eval()
+            run.teacher = run._place(build_model(config)).eval()
             run.teacher.load_state_dict(payload["teacher"])
             for p in run.teacher.parameters():
                 p.requires_grad_(False)
