@@ -1,6 +1,7 @@
 """`cvbm` end to end, and one clear error line (exit 2, no traceback) for each bad input."""
 
 import csv
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,7 @@ def test_train_predict_evaluate_resume(tmp_path):
                   data / "annotated", "--unlabeled", data / "images", "--out", out, *TINY)
     assert result.returncode == 0, result.stderr
     assert {"model.pt", "last.pt", "best.pt", "pretrained.pt"} <= {p.name for p in out.iterdir()}
+    assert re.search(r"device cpu \((bfloat16|float32), (contiguous|channels-last) layout\)", result.stdout)
 
     resumed = cvbm("train", "--images", data / "images", "--labels", data / "labels",
                    "--out", out, "--resume", out / "last.pt")
@@ -63,6 +65,9 @@ def test_train_predict_evaluate_resume(tmp_path):
     assert written.array.shape == (32, 40, 40) and written.spacing == pytest.approx((2.0, 1.0, 1.0))
     assert (preds / "maps" / "c0_confidence_bg.nii.gz").exists()
     assert (preds / "maps" / "c0_disagreement.nii.gz").exists()
+    exact = cvbm("predict", out / "model.pt", data / "images", "--out", tmp_path / "preds32", "--float32")
+    assert exact.returncode == 0, exact.stderr
+    assert read_labels(tmp_path / "preds32" / "c1.nii.gz").array.shape == (32, 40, 40)
 
     table = tmp_path / "metrics.csv"
     result = cvbm("evaluate", preds, data / "labels", "--csv", table, "--mm")
