@@ -88,7 +88,7 @@ def run_demo(data_dir=None, out_dir="demo_output", preset_name="cpu", overrides=
         f"{config.pretrain_iterations} + {config.selftrain_iterations} iterations")
     run = TrainingRun(config, labeled, unlabeled, out_dir=out / "model", device=device)
     train_with_progress(run)
-    log(f"training took {run.elapsed:.0f} s on {run.device}; checkpoints in {out / 'model'}")
+    log(f"training took {run.elapsed:.0f} s on {run.device} ({run.precision}); checkpoints in {out / 'model'}")
 
     supervised = evaluate_outputs(run.pretrained_model(), test, config, views=("fg",))
     cvbm = evaluate_outputs(run.final_model(), test, config)
