@@ -9,11 +9,13 @@
 """
 
 import contextlib
+import functools
 from typing import Optional
 
 import torch
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_has_native_bfloat16() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (AMX tiles or AVX512-BF16)."""
     checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
@@ -46,7 +48,7 @@ def autocast(device: torch.device, enabled: bool = True):
 def use_channels_last(setting: Optional[bool], dim: int, device: torch.device, amp: bool) -> bool:
     """The training layout: ``setting`` when given, else channels-last only where it measured
     faster, 3D float32 training on a CPU (1.3-1.5x, docs/PERFORMANCE.md). Under CPU bfloat16
-    autocast, oneDNN's channels-last GroupNorm is slow (training 1.4-1.7x slower than contiguous);
+    autocast, channels-last norms and activations are slow (training about 2x slower than contiguous);
     on GPUs the layout is unmeasured, so it stays contiguous unless asked for."""
     if setting is not None:
         return setting
