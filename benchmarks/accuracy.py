@@ -160,7 +160,8 @@ def main(argv=None) -> int:
         models["supervised (its teacher)"] = run.pretrained_model()
     report = {"data": str(args.data), "labeled": args.labeled, "arm": args.arm, "scale": args.scale, "zoom": factor,
               "eval_split": args.eval_split, "train_seconds": train_seconds, "config": config.to_dict(),
-              "precision": run.precision, "channels_last": run.channels_last, "selection_dice": run.best_dice,
+              "precision": run.precision, "channels_last": run.channels_last,
+              "layout_seconds": run.layout_seconds, "selection_dice": run.best_dice,
               "results": {}}
     args.out.mkdir(parents=True, exist_ok=True)
     for name, model in models.items():

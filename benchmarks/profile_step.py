@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from napari_cvbm.core.acceleration import autocast, autocast_dtype, precision_name
+from napari_cvbm.core.acceleration import autocast, autocast_dtype, precision_name, seconds_per_call
 from napari_cvbm.core.config import preset
 from napari_cvbm.core.training import TrainingRun
 from speed import _cases, conv_limit
@@ -62,11 +62,7 @@ def _forward_backward(op, x, device, amp, repeats):
         with autocast(device, amp):
             y = op(x)
         y.backward(torch.ones_like(y))
-    step()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        step()
-    return (time.perf_counter() - start) / repeats
+    return seconds_per_call(step, device, repeats)
 
 
 def layer_ops(dim, device, amp, repeats=10):

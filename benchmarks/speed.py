@@ -10,34 +10,18 @@ divides achieved FLOP/s by the dense conv throughput measured in the same run.
 import argparse
 import json
 import resource
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from napari_cvbm.core.acceleration import autocast, autocast_dtype, precision_name
+from napari_cvbm.core.acceleration import autocast, autocast_dtype, precision_name, seconds_per_call
 from napari_cvbm.core.checkpoint import build_model
 from napari_cvbm.core.config import preset
 from napari_cvbm.core.data import make_case
 from napari_cvbm.core.inference import choose_device, predict
 from napari_cvbm.core.training import TrainingRun
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _timed(fn, device, repeats):
-    fn()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    _sync(device)
-    return (time.perf_counter() - start) / repeats
 
 
 CONV_SHAPES = {  # (channels, input shape): layers like the networks' own, from wide-shallow to narrow-deep
@@ -63,7 +47,7 @@ def conv_limit(device, dim, repeats, amp):
                     y = conv(x)
                 y.float().sum().backward()
 
-            seconds = _timed(step, device, repeats)
+            seconds = seconds_per_call(step, device, repeats)
             with FlopCounterMode(display=False) as counter:
                 step()
             best = max(best, counter.get_total_flops() / seconds / 1e9)
@@ -101,14 +85,7 @@ def training_speed(name, dim, device, steps, shape, flops=None, **variant):
             phase_flops, left = counter.get_total_flops(), warmup - 1
         else:
             phase_flops, left = flops[phase], warmup
-        for _ in range(left):
-            next(events)
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            next(events)
-        _sync(device)
-        seconds = (time.perf_counter() - start) / steps
+        seconds = seconds_per_call(lambda: next(events), device, steps, warmup=left)
         result[phase] = {"it_per_s": 1 / seconds, "ms_per_it": 1000 * seconds, "gflop_per_it": phase_flops / 1e9,
                          "gflop_per_s": phase_flops / seconds / 1e9}
     return result
@@ -148,7 +125,7 @@ def inference_speed(device, shape, repeats):
                                                                 device=device)),
         ("MONAI sliding_window_inference, plain net", monai_plain),
     ]:
-        out[label] = _timed(fn, device, repeats)
+        out[label] = seconds_per_call(fn, device, repeats)
     return out
 
 

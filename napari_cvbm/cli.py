@@ -98,6 +98,9 @@ def _train(args) -> int:
     say(f"{len(labeled)} labeled, {len(unlabeled)} unlabeled, {len(validation)} validation image(s); "
         f"device {run.device} ({run.precision}, {'channels-last' if run.channels_last else 'contiguous'} layout); "
         f"writing to {args.out}")
+    if run.layout_seconds:
+        say(f"layout measured on {run.device}: " + ", ".join(
+            f"{layout} {1000 * seconds:.1f} ms" for layout, seconds in run.layout_seconds.items()) + " a step")
     if distributed.is_distributed():
         say(f"distributed: {distributed.world_size()} processes, each sampling its own patches")
     train_with_progress(run, show=main_process)

@@ -98,10 +98,30 @@ def test_automatic_layout_is_channels_last_only_for_3d_float32_on_cpu(monkeypatc
     assert acceleration.use_channels_last(None, 3, cpu, amp=True) is not native  # bfloat16: contiguous
     assert acceleration.use_channels_last(None, 3, cpu, amp=False)
     assert not acceleration.use_channels_last(None, 2, cpu, amp=False)
-    assert not acceleration.use_channels_last(None, 3, gpu, amp=False)
+    assert acceleration.use_channels_last(None, 3, gpu, amp=False) is None  # measured by the run
+    assert acceleration.use_channels_last(None, 3, torch.device("mps"), amp=True) is False
     assert acceleration.use_channels_last(True, 2, gpu, amp=True)
     assert not acceleration.use_channels_last(False, 3, cpu, amp=False)
     assert tiny_config.channels_last is None  # the presets choose automatically
     run = TrainingRun(tiny_config, *tiny_cases)
     conv = next(m for m in run.model.modules() if isinstance(m, torch.nn.Conv3d) and m.in_channels > 1)
     assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d) is not native
+
+
+def test_measured_layout_is_the_faster_one_and_leaves_the_run_unchanged(monkeypatch, tiny_cases, tiny_config):
+    """Where the layout is measured (CUDA; forced here on the CPU), the run times both layouts on its
+    own batch, trains in the faster one, and trains exactly as a run given that layout: the
+    measurement touches neither the weights nor the random streams."""
+    from napari_cvbm.core import training
+
+    config = dataclasses.replace(tiny_config, pretrain_iterations=2, selftrain_iterations=2, amp=False)
+    monkeypatch.setattr(training, "use_channels_last", lambda *args: None)
+    measured = TrainingRun(config, *tiny_cases)
+    seconds = measured.layout_seconds
+    assert set(seconds) == {"contiguous", "channels-last"} and all(s > 0 for s in seconds.values())
+    assert measured.channels_last == (seconds["channels-last"] < seconds["contiguous"])
+    conv = next(m for m in measured.model.modules() if isinstance(m, torch.nn.Conv3d) and m.in_channels > 1)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d) == measured.channels_last
+    losses = [e.losses["total"] for e in measured.events()]
+    monkeypatch.setattr(training, "use_channels_last", lambda *args: measured.channels_last)
+    assert _losses(config, tiny_cases) == losses

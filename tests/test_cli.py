@@ -77,6 +77,20 @@ def test_train_predict_evaluate_resume(tmp_path):
     assert [r["case"] for r in rows] == ["c0", "c1"] and all(0 <= float(r["dice"]) <= 1 for r in rows)
 
 
+def test_train_reports_the_measured_layout(tmp_path, monkeypatch, capsys):
+    """Where the run measures both layouts (on CUDA; forced here on the CPU), `cvbm train` says
+    what each cost."""
+    from napari_cvbm import cli
+    from napari_cvbm.core import training
+
+    monkeypatch.setattr(training, "use_channels_last", lambda *args: None)
+    data = make_folder(tmp_path / "data")
+    assert cli.main(["train", "--images", str(data / "images"), "--labels", str(data / "labels"),
+                     "--out", str(tmp_path / "run"), *TINY]) == 0
+    assert re.search(r"layout measured on cpu: contiguous \d+\.\d ms, channels-last \d+\.\d ms a step",
+                     capsys.readouterr().out)
+
+
 def test_missing_folder(tmp_path):
     assert_one_error_line(cvbm("train", "--images", tmp_path / "nope", "--labels", tmp_path, "--out", tmp_path),
                           "nope")

@@ -1,12 +1,16 @@
 """`torchrun` with 2 CPU processes (gloo): ranks stay identical; the checkpoint loads anywhere."""
 
 import os
+import socket
 import subprocess
 import sys
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
+from napari_cvbm.core import distributed
 from napari_cvbm.core.checkpoint import load_model
 from napari_cvbm.core.inference import predict
 from napari_cvbm.core.io import read_image
@@ -36,3 +40,21 @@ def test_torchrun_two_cpu_ranks(tmp_path, norm):
     pred = predict(model, image.array, patch_size=config.patch_size)
     assert pred.labels.shape == image.array.shape
     assert not any(torch.isnan(p).any() for p in model.state_dict().values() if p.is_floating_point())
+
+
+def _share_flag(rank, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:  # each rank would choose differently; all must take rank 0's choice
+        flag = distributed.broadcast_flag(rank == 1, torch.device("cpu"))
+    finally:
+        dist.destroy_process_group()
+    (out_dir / f"rank{rank}").write_text(str(flag))
+
+
+def test_ranks_share_rank_zeros_layout_decision(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_share_flag, args=(port, tmp_path), nprocs=2)
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["False", "False"]

@@ -4,13 +4,16 @@
   gradient scaler; on CPUs with native bfloat16 arithmetic (AMX or AVX512-BF16), bfloat16
   convolutions through oneDNN (1.4-1.7x faster training on a Sapphire Rapids core); on other
   CPUs and MPS everything stays float32 (bfloat16 would be emulated there, and slower).
-* Channels-last: the NHWC / NDHWC memory layout (faster for 3D float32 convolutions on CPUs).
+* Channels-last: the NHWC / NDHWC memory layout (faster for 3D float32 convolutions on CPUs; on
+  GPUs, each run times both layouts on its own batch and keeps the faster, ``faster_layout``).
 * ``torch.compile`` of the student's forward pass (optional; the first steps pay the compile).
 """
 
 import contextlib
+import copy
 import functools
-from typing import Optional
+import time
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -45,18 +48,68 @@ def autocast(device: torch.device, enabled: bool = True):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def use_channels_last(setting: Optional[bool], dim: int, device: torch.device, amp: bool) -> bool:
-    """The training layout: ``setting`` when given, else channels-last only where it measured
-    faster, 3D float32 training on a CPU (1.3-1.5x, docs/PERFORMANCE.md). Under CPU bfloat16
-    autocast, channels-last norms and activations are slow (training about 2x slower than contiguous);
-    on GPUs the layout is unmeasured, so it stays contiguous unless asked for."""
+def use_channels_last(setting: Optional[bool], dim: int, device: torch.device, amp: bool) -> Optional[bool]:
+    """The training layout: ``setting`` when given; on a CPU, channels-last only where it measured
+    faster, 3D float32 training (1.3-1.5x, docs/PERFORMANCE.md; under bfloat16 autocast the
+    channels-last norms make training about 2x slower); None on CUDA, where the run measures both
+    layouts (:func:`faster_layout`); contiguous elsewhere (Apple MPS)."""
     if setting is not None:
         return setting
+    if device.type == "cuda":
+        return None
     return dim == 3 and device.type == "cpu" and not (amp and autocast_dtype(device))
 
 
 def memory_format(dim: int) -> torch.memory_format:
     return torch.channels_last if dim == 2 else torch.channels_last_3d
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (CUDA runs asynchronously), so that timings are real."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seconds_per_call(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> float:
+    """Mean wall time of ``fn()`` over ``repeats`` calls, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def training_step_seconds(model: torch.nn.Module, batch_shape: Tuple[int, ...], device: torch.device,
+                          amp: bool, channels_last: bool, repeats: int = 3) -> float:
+    """Seconds per forward + backward of a copy of ``model`` (all heads) on a random batch, in
+    one layout, after two warm-up steps; ``model`` itself is not touched."""
+    net = copy.deepcopy(model).to(device).train()
+    x = torch.randn(batch_shape, device=device)
+    if channels_last:
+        net.to(memory_format=memory_format(len(batch_shape) - 2))
+        x = x.contiguous(memory_format=memory_format(len(batch_shape) - 2))
+
+    def step():
+        with autocast(device, amp):
+            output = net(x)
+        sum(t.float().sum() for t in output if t is not None).backward()
+
+    return seconds_per_call(step, device, repeats, warmup=2)
+
+
+def faster_layout(model: torch.nn.Module, batch_shape: Tuple[int, ...], device: torch.device,
+                  amp: bool) -> Tuple[bool, Dict[str, float]]:
+    """Whether channels-last trains ``model`` faster than contiguous on ``device``, and the seconds
+    per step of each; the random streams are left as they were, so the run stays reproducible."""
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # dropout and the random batch draw from them
+        seconds = {layout: training_step_seconds(model, batch_shape, device, amp, layout == "channels-last")
+                   for layout in ("contiguous", "channels-last")}
+    return seconds["channels-last"] < seconds["contiguous"], seconds
 
 
 class GradientStep:

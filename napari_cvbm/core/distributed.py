@@ -62,6 +62,15 @@ def broadcast_state(state: Dict[str, torch.Tensor], device: torch.device) -> Dic
     return out
 
 
+def broadcast_flag(flag: bool, device: torch.device) -> bool:
+    """Rank 0's ``flag`` on every rank (a decision all ranks must share, such as the layout)."""
+    if not is_distributed():
+        return flag
+    tensor = torch.tensor([int(flag)], device=device)
+    dist.broadcast(tensor, 0)
+    return bool(tensor.item())
+
+
 def average_buffers(model: torch.nn.Module) -> None:
     """Replace every floating-point buffer (BatchNorm running statistics) by its mean over the ranks."""
     if not is_distributed():  # called every training step: nothing to gather in one process

@@ -13,7 +13,8 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .acceleration import GradientStep, autocast, memory_format, precision_name, use_channels_last
+from .acceleration import GradientStep, autocast, faster_layout, memory_format, precision_name, \
+    use_channels_last
 from .checkpoint import build_model, load_checkpoint, model_from_payload, save_checkpoint, save_model
 from .config import TrainConfig
 from .cutmix import cutmix, cutmix_mask, cutmix_pair
@@ -87,7 +88,6 @@ class TrainingRun:
         self.config = config
         self.device = distributed.local_device(choose_device(device or "auto"))
         self.main_process = distributed.is_main_process()
-        self.channels_last = use_channels_last(config.channels_last, config.dim, self.device, config.amp)
         self.precision = precision_name(self.device, config.amp)
         self.validation = list(validation) if self.main_process else []
         self.out_dir = Path(out_dir) if out_dir is not None and self.main_process else None
@@ -104,6 +104,12 @@ class TrainingRun:
         self.model = build_model(config)
         if initial_weights is not None:  # fine-tuning: start from a trained model of the same config
             self.model.load_state_dict(initial_weights)
+        self.channels_last = use_channels_last(config.channels_last, config.dim, self.device, config.amp)
+        self.layout_seconds: Optional[Dict[str, float]] = None  # per step, when measured on this device
+        if self.channels_last is None:
+            batch_shape = (config.batch_labeled, self.model.in_channels, *(config.slice_size or config.patch_size))
+            chosen, self.layout_seconds = faster_layout(self.model, batch_shape, self.device, config.amp)
+            self.channels_last = distributed.broadcast_flag(chosen, self.device)  # one layout for all ranks
         if distributed.is_distributed() and self.device.type == "cuda":  # BatchNorm over the global batch
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self._place(self.model)
