@@ -2,13 +2,15 @@
 
     python benchmarks/profile_step.py [--dim 2] [--phase selftrain] [--float32] [--channels-last] [--width N]
     python benchmarks/profile_step.py --layers [--dim 2] [--float32]
+    python benchmarks/profile_step.py --batching [--dim 2] [--float32]
 
 Profiles ``--steps`` steps of one phase of the ``cpu`` preset (torch.profiler, self time per ATen
 op) and prints the step time, the step's FLOPs against the dense conv limit of ``speed.py`` (same
 precision), and the time and throughput of the convolution kernels alone. ``--layers`` instead
 times the operations of one 16-channel network block (conv, InstanceNorm, activation, max-pool),
 forward + backward, in both memory layouts, with the incoming gradient in the same layout as the
-activations, as inside the network.
+activations, as inside the network. ``--batching`` times the student's forward + backward on its
+batch in one pass against two passes over the halves (the two cut-mix inputs, spec 3).
 """
 
 import argparse
@@ -19,7 +21,9 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from napari_cvbm.core.acceleration import autocast, autocast_dtype, precision_name, seconds_per_call
+from napari_cvbm.core.acceleration import autocast, autocast_dtype, precision_name, seconds_per_call, \
+    training_step_seconds
+from napari_cvbm.core.checkpoint import build_model
 from napari_cvbm.core.config import preset
 from napari_cvbm.core.training import TrainingRun
 from speed import _cases, conv_limit
@@ -83,6 +87,16 @@ def layer_ops(dim, device, amp, repeats=10):
     return out
 
 
+def batching(dim, device, amp, repeats=4):
+    """Seconds per student forward + backward: the whole batch at once, and as two half batches."""
+    config = preset("cpu", dim)
+    model, size = build_model(config), config.slice_size or config.patch_size
+    batch = config.batch_labeled
+    one = training_step_seconds(model, (batch, 1, *size), device, amp, False, repeats)
+    halves = 2 * training_step_seconds(model, (batch // 2, 1, *size), device, amp, False, repeats)
+    return {"one batch": one, "two halves": halves}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dim", type=int, choices=(2, 3), default=2)
@@ -92,6 +106,7 @@ def main(argv=None):
     parser.add_argument("--channels-last", action="store_true", help="channels-last layout")
     parser.add_argument("--width", type=int, help="network width (default: the preset's)")
     parser.add_argument("--layers", action="store_true", help="time one block's ops in both layouts")
+    parser.add_argument("--batching", action="store_true", help="one student batch against two halves")
     parser.add_argument("--top", type=int, default=15, help="ops to list")
     args = parser.parse_args(argv)
     device, amp = torch.device("cpu"), not args.float32
@@ -99,6 +114,12 @@ def main(argv=None):
     if args.layers:
         for layout, ops in layer_ops(args.dim, device, amp).items():
             print(f"{args.dim}D {precision} {layout}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in ops.items()))
+        return 0
+    if args.batching:
+        seconds = batching(args.dim, device, amp)
+        print(f"{args.dim}D {precision} student forward + backward: " + ", ".join(
+            f"{k} {1000 * v:.0f} ms" for k, v in seconds.items())
+              + f"; one batch is {seconds['two halves'] / seconds['one batch']:.2f}x as fast")
         return 0
     variant = dict(amp=amp, channels_last=args.channels_last) | ({"width": args.width} if args.width else {})
     r = profile_phase(args.dim, args.phase, args.steps, device, **variant)

@@ -27,3 +27,8 @@ def test_layer_ops_time_every_op_in_both_layouts():
     for ops in out.values():
         assert list(ops) == ["conv 3x3", "InstanceNorm", "LeakyReLU", "max-pool 2"]
         assert all(ms > 0 for ms in ops.values())
+
+
+def test_batching_times_one_batch_and_two_halves():
+    seconds = profile_step.batching(3, CPU, amp=False, repeats=1)
+    assert list(seconds) == ["one batch", "two halves"] and all(s > 0 for s in seconds.values())
