@@ -114,6 +114,7 @@ def test_reports_edited_slices_and_fine_tunes(viewer, store, qtbot):
     assert len(widget.loss_plot.series["total"][0]) == 6
     qtbot.waitUntil(lambda: widget.loss_plot.redraws >= 1)
     assert "fine-tuned 1" in widget.status.text()
+    assert widget.phase_label.text().endswith(f"min on cpu ({widget.run.precision})")  # where and how it ran
     # only the 4 counted slices were annotated in the training case
     case = widget.run.labeled.cases[0]
     np.testing.assert_array_equal(np.flatnonzero(case.annotated.any((1, 2))), [20, 21, 30, 40])

@@ -673,7 +673,8 @@ class FineTuneWidget(QWidget):
         name = next(f"fine-tuned {n}" for n in itertools.count(1) if f"fine-tuned {n}" not in taken)
         models.MODEL_STORE.add(name, job.run.final_model(), job.run.config)
         minutes = (time.perf_counter() - job.started) / 60
-        self.phase_label.setText(f"Done: {job.total} steps in {minutes:.1f} min")
+        run = job.run
+        self.phase_label.setText(f"Done: {job.total} steps in {minutes:.1f} min on {run.device} ({run.precision})")
         self.status.setText(f"'{name}' is now the active model (the Segment widget uses it). "
                             f"Save model… writes it for `cvbm predict`.")
         show_info(f"CVBM fine-tune finished: '{name}' is now the active model")
