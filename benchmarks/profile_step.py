@@ -91,9 +91,9 @@ def batching(dim, device, amp, repeats=4):
     """Seconds per student forward + backward: the whole batch at once, and as two half batches."""
     config = preset("cpu", dim)
     model, size = build_model(config), config.slice_size or config.patch_size
-    batch = config.batch_labeled
-    one = training_step_seconds(model, (batch, 1, *size), device, amp, False, repeats)
-    halves = 2 * training_step_seconds(model, (batch // 2, 1, *size), device, amp, False, repeats)
+    batch, channels = config.batch_labeled, model.in_channels
+    one = training_step_seconds(model, (batch, channels, *size), device, amp, False, repeats)
+    halves = 2 * training_step_seconds(model, (batch // 2, channels, *size), device, amp, False, repeats)
     return {"one batch": one, "two halves": halves}
 
 

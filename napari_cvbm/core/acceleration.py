@@ -89,8 +89,9 @@ def training_step_seconds(model: torch.nn.Module, batch_shape: Tuple[int, ...], 
     net = copy.deepcopy(model).to(device).train()
     x = torch.randn(batch_shape, device=device)
     if channels_last:
-        net.to(memory_format=memory_format(len(batch_shape) - 2))
-        x = x.contiguous(memory_format=memory_format(len(batch_shape) - 2))
+        layout = memory_format(len(batch_shape) - 2)
+        net.to(memory_format=layout)
+        x = x.contiguous(memory_format=layout)
 
     def step():
         with autocast(device, amp):
