@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from napari_cvbm.cli import _parse_setting, train_with_progress
+from napari_cvbm.core.classes import infer_num_classes
 from napari_cvbm.core.config import preset
 from napari_cvbm.core.data import Case, load_cases
 from napari_cvbm.core.inference import combine_views, predict
@@ -135,7 +136,7 @@ def main(argv=None) -> int:
                      f"{sorted(set(split) & {'val', 'test', 'holdout'})}")
     dim = args.dim or (2 if "val" in split else 3)
     labeled = cases(args.data, split["labeled"])
-    num_classes = max(2, max(int(c.label.max()) for c in labeled) + 1)
+    num_classes = infer_num_classes(c.label for c in labeled)
     factor = args.zoom or (CPU_3D_ZOOM if (args.scale, dim) == ("cpu", 3) else 1.0)
     overrides = dict(CPU_3D) if (args.scale, dim) == ("cpu", 3) else {}
     overrides.update(_parse_setting(s) for s in args.set)
@@ -143,7 +144,7 @@ def main(argv=None) -> int:
         overrides["selftrain_iterations"] = 0
     if args.arm == "fg_ssl":
         overrides["background_branch"] = False
-    config = preset(args.scale, dim, num_classes=num_classes, **overrides)
+    config = preset(args.scale, dim, **{"num_classes": num_classes, **overrides})
     unlabeled = [] if args.arm == "supervised" else cases(args.data, split["unlabeled"], with_labels=False)
     selection = cases(args.data, split["selection"], num_classes=num_classes)
     labeled, unlabeled, selection = ([zoomed(c, factor) for c in group] for group in (labeled, unlabeled, selection))

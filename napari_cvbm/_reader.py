@@ -5,8 +5,9 @@ holding some; each file becomes one layer (sorted by name), named after its case
 voxel spacing in (z, y, x) order. A file opens as a labels layer when it holds at most 64 distinct
 non-negative integer values (integer type, or float type with whole values) *and* its folder
 (labels/, labelsTr/, masks/, segmentations/ ...) or its name (label, seg, mask, gt) says it is a
-label map; anything else opens as a float32 image. NIfTI layers keep ``metadata["affine"]`` and
-``metadata["spacing"]`` so that :mod:`napari_cvbm._writer` can reproduce the header.
+label map; anything else opens as a float32 image. Each layer keeps the file's grid in
+``metadata["cvbm_geometry"]`` (and, for NIfTI, the affine in ``metadata["affine"]``) so that
+:mod:`napari_cvbm._writer` writes results back onto the same grid, header and all.
 
 Unreadable content never raises into napari. Each file that fails is reported with an error
 notification carrying core.io's one-line message, and the other files still open. When no file
@@ -30,6 +31,7 @@ from .core.io import IMAGE_EXTENSIONS, ImageData, list_images, read_image, read_
 
 MAX_LABEL_VALUES = 64
 LABEL_ROLE = "label"  # metadata["cvbm_role"] of label maps opened from files
+GEOMETRY = "cvbm_geometry"  # metadata key of the file's core.geometry.Geometry, for the writers
 _LABEL_FOLDER = re.compile(r"labels?(tr|ts)?|masks?|segmentations?|segs?|gts?|ground_?truths?", re.I)
 _LABEL_NAME = re.compile(r"label|seg|mask|(?<![a-z])gt(?![a-z])", re.I)
 
@@ -84,7 +86,7 @@ def _layer(file: Path) -> tuple:
     """One LayerData tuple: labels when ``file`` looks like a label map, else a float image."""
     labels = _label_map(file) if _named_like_labels(file) else None
     data = labels if labels is not None else read_image(file, channel="all")
-    metadata = {"spacing": data.spacing}
+    metadata = {"spacing": data.spacing, GEOMETRY: data.geometry}
     if data.affine is not None:
         metadata["affine"] = data.affine
     if labels is not None:

@@ -1,11 +1,11 @@
 """napari writers: one image or labels layer to NIfTI (.nii, .nii.gz) or TIFF (.tif, .tiff).
 
-The layer's ``scale`` is stored as voxel spacing (z, y, x). A NIfTI header reuses the affine that
-:mod:`napari_cvbm._reader` kept in ``metadata["affine"]`` while it still fits the layer (4x4,
-finite, voxel sizes equal to the scale, same number of axes as when read); otherwise the scale
-alone defines the header. Labels are stored as integers (smallest fitting type), images as float32
-or their integer type. A failure is shown as a napari notification and returns ``[]``; nothing is
-raised into napari.
+A layer that still lies on the grid of the file it came from (or of the image it was segmented
+from: ``metadata["cvbm_geometry"]``, same shape and scale) is written onto that grid: the source's
+NIfTI header, singleton axes and units (see core.geometry). Any other layer is written with its
+``scale`` as voxel spacing (z, y, x). Labels are stored as integers (smallest fitting type), images
+as float32 or their integer type. A failure is shown as a napari notification and returns ``[]``;
+nothing is raised into napari.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from napari.utils.notifications import show_error
 
-from ._reader import error_message
+from ._reader import GEOMETRY, error_message
 from .core import io
 from .core.errors import CVBMInputError
 
@@ -31,8 +31,9 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
 def _write(path: str, data, meta: dict, *, labels: bool) -> list[str]:
     try:
         array = _array(path, data, meta, labels)
-        spacing = meta.get("scale")
-        written = io.write_image(path, array, spacing=spacing, affine=_affine(meta, array.ndim, spacing))
+        geometry = _geometry(meta, array)
+        spacing = None if geometry is not None else meta.get("scale")
+        written = io.write_image(path, array, spacing=spacing, geometry=geometry)
     except Exception as error:  # noqa: BLE001 -- a writer must not raise into napari
         show_error(error_message(error, "write", path))
         return []
@@ -49,16 +50,10 @@ def _array(path: str, data, meta: dict, labels: bool) -> np.ndarray:
     return array
 
 
-def _affine(meta: dict, ndim: int, spacing) -> np.ndarray | None:
-    """``metadata["affine"]`` when it still fits an array of ``ndim`` axes at ``spacing``, else None."""
-    metadata = meta.get("metadata") or {}
-    try:
-        affine = np.asarray(metadata.get("affine"), dtype=np.float64)
-        read_ndim = len(metadata.get("spacing", ()))  # number of axes when the file was read
-        spacing = np.asarray(np.ones(ndim) if spacing is None else spacing, dtype=np.float64)
-    except (TypeError, ValueError):
+def _geometry(meta: dict, array: np.ndarray):
+    """The source file's geometry while the layer still lies on it (same shape and scale), else None."""
+    geometry = (meta.get("metadata") or {}).get(GEOMETRY)
+    if not isinstance(geometry, io.Geometry) or not geometry.fits(array):
         return None
-    if affine.shape != (4, 4) or not np.isfinite(affine).all() or read_ndim != ndim or spacing.shape != (ndim,):
-        return None
-    voxel_sizes = np.linalg.norm(affine[:3, :ndim], axis=0)[::-1]  # NIfTI (x, y, z) -> (z, y, x)
-    return affine if np.allclose(voxel_sizes, spacing, rtol=1e-4) else None
+    scale = meta.get("scale")
+    return geometry if scale is None or np.allclose(scale, geometry.spacing, rtol=1e-4) else None

@@ -5,12 +5,14 @@ Every bad input ends with one ``cvbm: error: ...`` line and exit code 2, never a
 
 import argparse
 import sys
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
 from tqdm import tqdm
 
-from .core.errors import CVBMInputError
+from .core.errors import CVBMInputError, CVBMNotice
 
 
 def _parse_setting(text: str):
@@ -26,6 +28,20 @@ def _parse_setting(text: str):
         except ValueError:
             pass
     return key, {"true": True, "false": False, "none": None}.get(raw.lower(), raw)
+
+
+def _given_settings(args) -> dict:
+    """The settings the user gave (``--set``, ``--dim``, ``--num-classes``), each checked on its own;
+    a flag and a ``--set`` of the same setting must agree."""
+    from .core.config import check_settings
+
+    given = dict(_parse_setting(s) for s in args.set)
+    for flag, key in (("--dim", "dim"), ("--num-classes", "num_classes")):
+        value = getattr(args, key)
+        if value is not None and given.setdefault(key, value) != value:
+            raise CVBMInputError(f"{flag} {value} and --set {key}={given[key]} disagree; give one of them")
+    check_settings(given)
+    return given
 
 
 def _progress_bar(events, desc_for_phase):
@@ -65,13 +81,29 @@ def cmd_train(args) -> int:
 
     distributed.init_from_environment()  # torchrun: one process per GPU (or CPU worker)
     try:
-        return _train(args)
+        with _claim_out(args):
+            return _train(args)
     finally:
         distributed.finish()
 
 
-def _train(args) -> int:
+def _claim_out(args):
+    """Rank 0 (the only writer) holds --out for the whole run; refuses a folder in use or holding a run."""
+    from contextlib import nullcontext
+
     from .core import distributed
+    from .core.outputs import run_folder
+
+    if not distributed.is_main_process():
+        return nullcontext()
+    return run_folder(args.out, resume=args.resume, overwrite=args.overwrite)
+
+
+def _train(args) -> int:
+    from dataclasses import replace
+
+    from .core import distributed
+    from .core.classes import infer_num_classes
     from .core.config import preset
     from .core.data import load_cases
     from .core.training import TrainingRun
@@ -79,21 +111,25 @@ def _train(args) -> int:
     main_process = distributed.is_main_process()
     say = print if main_process else (lambda *a, **k: None)
 
-    num_classes = args.num_classes
-    labeled = load_cases(args.images, args.labels, num_classes, annotated_dir=args.annotated, channel=args.channel)
+    given = _given_settings(args)
+    if not args.resume:  # the whole configuration is checked before any data is read
+        config = preset(args.preset or "cpu", given.get("dim", 3), **given)
+    labeled = load_cases(args.images, args.labels, given.get("num_classes"), annotated_dir=args.annotated,
+                         channel=args.channel)
     if not labeled:
         raise CVBMInputError("empty labeled set")
-    if num_classes is None:
-        num_classes = max(2, max(int(c.label.max()) for c in labeled) + 1)
+    num_classes = infer_num_classes((c.label for c in labeled), given.get("num_classes"))
     unlabeled = load_cases(args.unlabeled, channel=args.channel) if args.unlabeled else []
     validation = load_cases(args.val_images, args.val_labels, num_classes, channel=args.channel) \
         if args.val_images else []
     if args.resume:
-        run = TrainingRun.resume(args.resume, labeled, unlabeled, validation, out_dir=args.out, device=args.device)
+        run = TrainingRun.resume(args.resume, labeled, unlabeled, validation, out_dir=args.out, device=args.device,
+                                 overrides=given, preset_name=args.preset)
         say(f"resuming {run.phase} at iteration {run.iteration} from {args.resume}")
+        for change in run.resume_changes:
+            say(f"resume: {change}")
     else:
-        overrides = dict(_parse_setting(s) for s in args.set)
-        config = preset(args.preset, args.dim, num_classes=num_classes, **overrides)
+        config = replace(config, num_classes=num_classes)
         run = TrainingRun(config, labeled, unlabeled, validation, out_dir=args.out, device=args.device)
     say(f"{len(labeled)} labeled, {len(unlabeled)} unlabeled, {len(validation)} validation image(s); "
         f"device {run.device} ({run.precision}, {'channels-last' if run.channels_last else 'contiguous'} layout); "
@@ -120,48 +156,99 @@ def _train(args) -> int:
     return 0
 
 
+FG_MAPS = ("prob_fg", "confidence_fg")  # --probabilities: maps of every model, then of two-branch ones
+BG_MAPS = ("prob_bg", "prob_mix", "confidence_bg", "disagreement")
+
+
+def _prediction_paths(path: Path, out: Path, fmt: Optional[str], maps) -> dict:
+    """Where the label map ("labels": OUT/<case><ext>, paired by case name) and each map (OUT/maps/) of
+    ``path`` go."""
+    from .core.io import strip_extension
+
+    name = strip_extension(path)
+    suffix = fmt or path.name[len(name):]
+    return {"labels": out / f"{name}{suffix}", **{key: out / "maps" / f"{name}_{key}{suffix}" for key in maps}}
+
+
 def cmd_predict(args) -> int:
     from .core.checkpoint import load_model
     from .core.inference import predict
     from .core.io import IMAGE_EXTENSIONS, list_images, read_image, strip_extension, write_image
+    from .core.outputs import check_outputs, check_writable
 
     model, config = load_model(args.model)
     source = Path(args.input)
     files = [source] if source.is_file() else list_images(source)
     if not files:
         raise CVBMInputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {source}")
-    out = Path(args.out)
+    maps = (FG_MAPS + (BG_MAPS if model.background_branch else ())) if args.probabilities else ()
+    planned = {path: _prediction_paths(path, Path(args.out), args.format, maps) for path in files}
+    check_outputs({path: list(paths.values()) for path, paths in planned.items()}, overwrite=args.overwrite,
+                  case=strip_extension)
+    for folder in sorted({target.parent for paths in planned.values() for target in paths.values()}):
+        check_writable(folder)
     heads = "fg" if args.mode == "fg" and not args.probabilities else "all"
-    for path in tqdm(files, desc="predict", unit="image", disable=len(files) < 2):
+    for path, paths in tqdm(planned.items(), desc="predict", unit="image", disable=len(files) < 2):
         image = read_image(path, channel=args.channel)
         pred = predict(model, image.array, mode=args.mode, heads=heads, patch_size=config.patch_size,
                        slice_size=config.slice_size, overlap=config.inference_overlap,
                        device=args.device, largest_component=args.largest_component, amp=not args.float32)
-        name = strip_extension(path)
-        suffix = args.format or path.name[len(name):]
-        geometry = dict(spacing=image.spacing, affine=image.affine)
-        write_image(out / f"{name}{suffix}", pred.labels, **geometry)
+        geometry = dict(geometry=image.geometry)
+        write_image(paths["labels"], pred.labels, **geometry)
         if args.probabilities:
-            maps = {"prob_fg": 1.0 - pred.fg[0], "confidence_fg": pred.fg_confidence}
+            arrays = {"prob_fg": 1.0 - pred.fg[0], "confidence_fg": pred.fg_confidence}
             if pred.bg is not None:
-                maps.update(prob_bg=1.0 - pred.bg[0], prob_mix=1.0 - pred.mix[0],
-                            confidence_bg=pred.bg_confidence, disagreement=pred.disagreement)
-            for key, array in maps.items():
-                write_image(out / "maps" / f"{name}_{key}{suffix}", array, **geometry)
-        print(f"{path.name} -> {out / (name + suffix)}")
+                arrays.update(prob_bg=1.0 - pred.bg[0], prob_mix=1.0 - pred.mix[0],
+                              confidence_bg=pred.bg_confidence, disagreement=pred.disagreement)
+            for key, array in arrays.items():
+                write_image(paths[key], array, **geometry)
+        print(f"{path.name} -> {paths['labels']}")
     return 0
 
 
-def cmd_evaluate(args) -> int:
-    from .core.io import pair_images_labels, read_labels, strip_extension
-    from .core.metrics import evaluate_cases, format_table, summarize, write_csv
+def _quoted(names: List[str]) -> str:
+    shown = ", ".join(f"'{name}'" for name in names[:5])
+    return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def _evaluation_pairs(args) -> list:
+    """(prediction, label) paths by case. Every prediction needs a label, and every label a prediction
+    unless --only-predicted (then it prints, above the table, how many labelled cases are scored)."""
+    from .core.io import list_images, pair_images_labels, strip_extension
 
     pairs = pair_images_labels(args.predictions, args.labels)
-    loaded = []
-    for pred_path, label_path in pairs:
-        pred, truth = read_labels(pred_path), read_labels(label_path)
-        loaded.append((strip_extension(pred_path), pred.array, truth.array, truth.spacing if args.mm else None))
-    num_classes = args.num_classes or max(2, max(int(max(p.max(), t.max())) for _, p, t, _ in loaded) + 1)
+    predicted = {strip_extension(label) for _, label in pairs}
+    labelled = [strip_extension(path) for path in list_images(args.labels)]
+    missing = [name for name in labelled if name not in predicted]
+    if missing and not args.only_predicted:
+        raise CVBMInputError(f"no prediction in {args.predictions} for {len(missing)} of {len(labelled)} labelled "
+                             f"cases: {_quoted(missing)}; predict them, or pass --only-predicted to score "
+                             f"the {len(pairs)} predicted cases alone")
+    if missing:
+        print(f"{len(pairs)} of {len(labelled)} labelled cases (no prediction for {_quoted(missing)})")
+    return pairs
+
+
+def cmd_evaluate(args) -> int:
+    from .core.classes import infer_num_classes, interpret_labels
+    from .core.io import check_aligned, read_labels, strip_extension
+    from .core.metrics import evaluate_cases, format_table, summarize, write_csv
+    from .core.outputs import refuse_existing
+
+    if args.csv:
+        refuse_existing(args.csv, args.overwrite)
+    pairs = _evaluation_pairs(args)
+    truths = {label: read_labels(label) for _, label in pairs}
+    preds = {}
+    for pred, label in pairs:
+        prediction = read_labels(pred)
+        check_aligned(truths[label], prediction, label, pred)
+        preds[pred] = prediction.array
+    labels = interpret_labels({path: truth.array for path, truth in truths.items()}, args.num_classes)
+    preds = interpret_labels(preds, args.num_classes, what="prediction file")
+    num_classes = infer_num_classes([*preds.values(), *labels.values()], args.num_classes)
+    loaded = [(strip_extension(pred), preds[pred], labels[label], truths[label].spacing if args.mm else None)
+              for pred, label in pairs]
     rows = evaluate_cases(loaded, num_classes)
     summary = summarize(rows)
     print(format_table(summary, distance_unit="mm" if args.mm else "vox"))
@@ -197,13 +284,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unlabeled", help="folder of unlabeled images")
     p.add_argument("--val-images", help="validation images (model selection)")
     p.add_argument("--val-labels", help="validation labels")
-    p.add_argument("--dim", type=int, choices=(2, 3), default=3, help="3: V-Net on patches; 2: U-Net on slices")
-    p.add_argument("--preset", default="cpu", choices=("cpu", "paper"))
+    p.add_argument("--dim", type=int, choices=(2, 3),
+                   help="3 (default): V-Net on patches; 2: U-Net on slices")
+    p.add_argument("--preset", choices=("cpu", "paper"), help="cpu (default) or paper")
     p.add_argument("--num-classes", type=int, help="classes including background (default: from labels)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. --set pretrain_iterations=500 --set patch_size=32,64,64")
     p.add_argument("--out", required=True, help="output folder for checkpoints")
-    p.add_argument("--resume", help="training checkpoint (last.pt) to continue from")
+    p.add_argument("--resume", help="training checkpoint (last.pt) to continue from; --set may change the "
+                                    "iteration counts, validate_every, checkpoint_every, amp, compile, channels_last")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the checkpoints of an earlier run in --out (default: refuse)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--channel", type=int, help=CHANNEL_HELP)
     p.set_defaults(func=cmd_train)
@@ -217,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write probability, confidence and disagreement maps (to OUT/maps/)")
     p.add_argument("--largest-component", action="store_true", help="keep the largest component per class")
     p.add_argument("--format", choices=(".nii.gz", ".nii", ".tif", ".tiff"), help="output format (default: input's)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing outputs (default: refuse; an input is never replaced)")
     p.add_argument("--device", default="auto")
     p.add_argument("--float32", action="store_true",
                    help="float32 throughout (default: bfloat16 mixed precision on GPUs and CPUs that support it)")
@@ -227,8 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("predictions", help="folder of predicted label maps")
     p.add_argument("labels", help="folder of reference label maps (same case names)")
     p.add_argument("--num-classes", type=int)
+    p.add_argument("--only-predicted", action="store_true",
+                   help="score the labelled cases that have a prediction (default: every labelled case needs one)")
     p.add_argument("--mm", action="store_true", help="distances in mm from the label spacing (default: voxels)")
     p.add_argument("--csv", help="write per-case, per-class metrics to this CSV file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --csv file")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="the headless main job on the bundled sample data")
@@ -244,11 +340,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def _notes_on_stderr():
+    """Print each distinct CVBMNotice once, as ``cvbm: note: ...`` on stderr; other warnings as usual."""
+    seen = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", CVBMNotice)
+        show = warnings.showwarning
+
+        def note(message, category, *args, **kwargs):
+            if not issubclass(category, CVBMNotice):
+                return show(message, category, *args, **kwargs)
+            if str(message) not in seen:
+                seen.add(str(message))
+                print(f"cvbm: note: {message}", file=sys.stderr)
+
+        warnings.showwarning = note
+        yield
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        with _notes_on_stderr():
+            return args.func(args)
     except CVBMInputError as exc:
         print(f"cvbm: error: {exc}", file=sys.stderr)
         return 2

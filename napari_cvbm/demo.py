@@ -9,6 +9,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from .core.classes import infer_num_classes
 from .core.config import preset
 from .core.data import load_cases
 from .core.errors import CVBMInputError
@@ -81,8 +82,8 @@ def run_demo(data_dir=None, out_dir="demo_output", preset_name="cpu", overrides=
     labeled = load_cases(folder / "labeled" / "images", folder / "labeled" / "labels")
     unlabeled = load_cases(folder / "unlabeled" / "images")
     test = load_cases(folder / "test" / "images", folder / "test" / "labels")
-    num_classes = max(2, max(int(c.label.max()) for c in labeled) + 1)
-    config = preset(preset_name, 3, num_classes=num_classes, **(overrides or {}))
+    num_classes = infer_num_classes(c.label for c in labeled)
+    config = preset(preset_name, 3, **{"num_classes": num_classes, **(overrides or {})})
     log(f"CVBM demo: {len(labeled)} labeled, {len(unlabeled)} unlabeled, {len(test)} held-out volumes; "
         f"preset {preset_name!r}: width {config.width}, patch {config.patch_size}, "
         f"{config.pretrain_iterations} + {config.selftrain_iterations} iterations")

@@ -33,10 +33,10 @@ def test_cvbm_arm_at_cpu_scale_in_3d_with_zoom(dataset, tmp_path):
     out = tmp_path / "out"
     code = accuracy.main([str(dataset), "--labeled", "2", "--arm", "cvbm", "--dim", "3", "--out", str(out),
                           "--set", "width=4", "--set", "pretrain_iterations=2", "--set", "selftrain_iterations=2",
-                          "--set", "patch_size=16,16,16", "--set", "validate_every=1"])
+                          "--set", "patch_size=16,16,32", "--set", "validate_every=1"])
     assert code == 0
     report = json.loads((out / "summary.json").read_text())
-    assert report["zoom"] == accuracy.CPU_3D_ZOOM and report["config"]["patch_size"] == [16, 16, 16]
+    assert report["zoom"] == accuracy.CPU_3D_ZOOM and report["config"]["patch_size"] == [16, 16, 32]
     assert set(report["results"]) == {"cvbm fg", "cvbm mix", "cvbm avg", "cvbm bg", "supervised (its teacher) fg"}
     rows = list(csv.DictReader((out / "cvbm_fg.csv").open()))
     # scored on the original 24x40x40 grid of the one val case, with the four metrics

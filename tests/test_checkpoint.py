@@ -77,7 +77,7 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(CVBMInputError, match="m.pt: disk full"):  # one line naming the file
         save_model(path, _model(), CONFIG)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]

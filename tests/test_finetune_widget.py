@@ -1,5 +1,6 @@
 """The Fine-tune widget in a real napari viewer: annotated slices, training, cancel, snapshot, errors."""
 
+import errno
 import time
 
 import numpy as np
@@ -8,9 +9,11 @@ import torch
 from napari.utils.notifications import notification_manager
 from napari.utils.task_status import TaskStatusManager
 from qtpy.QtCore import QThreadPool, QTimer
+from qtpy.QtWidgets import QFileDialog
 
 from napari_cvbm.core.checkpoint import build_model, load_model
 from napari_cvbm.core.config import preset
+from napari_cvbm.core.errors import CVBMNotice
 from napari_cvbm.core.inference import predict
 from napari_cvbm.core.io import read_image, read_labels
 from napari_cvbm.gui import models
@@ -225,6 +228,32 @@ def test_save_and_load_model(make_napari_viewer, store, tmp_path):
     assert widget.load_model(path) == "file: model.pt" == store.active
 
 
+def test_save_model_never_replaces_a_file_unasked(make_napari_viewer, store, tmp_path, notes, monkeypatch):
+    def dialog_returns(path):
+        monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *args, **kwargs: (str(path), ""))
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    widget = dock(make_napari_viewer())
+    path = widget.save_model(tmp_path / "model.pt")
+    before, inode = path.read_bytes(), path.stat().st_ino
+    assert widget.save_model(path) is None and f"{path} already exists" in notes[-1]
+    dialog_returns(tmp_path / "model")  # Qt asked about "model", not about the "model.pt" it becomes
+    widget._save_dialog()
+    assert f"{path} already exists" in notes[-1] and path.stat().st_ino == inode
+
+    dialog_returns(path)  # the user picked model.pt and confirmed Qt's "replace?"
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", disk_full)
+    widget._save_dialog()
+    assert f"{path}: No space left on device" in notes[-1] and path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temp file left
+    monkeypatch.setattr(torch, "save", real_save)
+    widget._save_dialog()
+    assert path.stat().st_ino != inode and load_model(path)[1] == store.get()[1]
+
+
 def test_new_network_settings_and_2d_training(viewer, store, qtbot):
     widget = dock(viewer)
     widget.start_from.setCurrentIndex(0)  # the active model fixes the network shape
@@ -266,3 +295,56 @@ def test_folders_on_disk(make_napari_viewer, store, qtbot, notes):
     widget.start()
     qtbot.waitUntil(lambda: not widget.running, timeout=LONG_MS)
     assert "nowhere" in notes[-1] and widget.status.text().startswith("Not trained")
+
+
+def test_labels_file_elsewhere_in_space_than_its_image_is_refused(make_napari_viewer, store, notes, tmp_path):
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "labels").mkdir()
+    affine = np.diag([1.5, 1.5, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(rng.normal(size=(48, 48, 40)).astype(np.float32), affine), str(tmp_path / "scan.nii.gz"))
+    shifted = affine.copy()
+    shifted[:3, 3] = (0.0, 66.0, 0.0)
+    label = np.zeros((48, 48, 40), np.uint8)
+    label[10:30, 10:30, 5:30] = 1
+    nib.save(nib.Nifti1Image(label, shifted), str(tmp_path / "labels" / "scan.nii.gz"))
+    viewer = make_napari_viewer()
+    viewer.open(str(tmp_path / "scan.nii.gz"), plugin="napari-cvbm")
+    viewer.open(str(tmp_path / "labels" / "scan.nii.gz"), plugin="napari-cvbm", layer_type="labels")
+    widget = dock(viewer)
+    widget.complete.setChecked(True)
+    assert widget.start() is None and "origin differs by 66 mm" in notes[-1]
+
+
+def test_binary_mask_layer_is_one_class(make_napari_viewer, store, sample, qtbot):
+    """A 0/255 labels layer (a binary mask from another tool) trains one foreground class, with a notice."""
+    image, label, _ = sample
+    viewer = make_napari_viewer()
+    viewer.add_image(image.array, name="img", scale=image.spacing)
+    viewer.add_labels(label * 255, name="mask", scale=image.spacing)
+    widget = dock(viewer)
+    widget.complete.setChecked(True)
+    widget.start_from.setCurrentText("new 3D network")  # the classes come from the labels
+    widget.patch.setText("32, 32, 32")
+    widget.width_.setValue(4)
+    tiny(widget, 1, 1)
+    with pytest.warns(CVBMNotice, match="foreground stored as 255 .* in 1 labels layer: read as class 1"):
+        widget.start()
+    qtbot.waitUntil(lambda: not widget.running, timeout=LONG_MS)
+    assert store.get()[1].num_classes == 2
+    np.testing.assert_array_equal(widget.run.labeled.cases[0].label, label)
+
+
+def test_diverging_fine_tune_is_a_failure_and_keeps_the_model(viewer, store, qtbot, notes):
+    widget = dock(viewer)
+    previous, before = store.active, state_of(store.get()[0])
+    tiny(widget, pretrain=3, selftrain=3)
+    widget.lr.setMaximum(1e9)  # past the field's range, to force a diverging run
+    widget.lr.setValue(1e6)
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.running, timeout=LONG_MS)
+    assert "training diverged" in notes[-1] and "lr=1e+06" in notes[-1]
+    assert widget.status.text().startswith("Not trained: training diverged")
+    assert store.active == previous and not any(n.startswith("fine-tuned") for n in store.names())
+    assert all(torch.equal(before[k], v) for k, v in store.get()[0].state_dict().items())

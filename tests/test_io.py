@@ -138,7 +138,7 @@ def test_4d_needs_a_channel_and_1d_5d_are_rejected(tmp_path):
     with pytest.raises(CVBMInputError, match="channel 2 does not exist"):
         read_image(tmp_path / "t.nii.gz", channel=2)
     nib.save(nib.Nifti1Image(np.zeros((4, 5, 6, 2, 3), np.float32), np.eye(4)), str(tmp_path / "five.nii.gz"))
-    with pytest.raises(CVBMInputError, match="expected a 2D or 3D scalar image"):
+    with pytest.raises(CVBMInputError, match="2 non-spatial axes"):
         read_image(tmp_path / "five.nii.gz", channel=0)
     nib.save(nib.Nifti1Image(np.zeros((5, 1, 1), np.float32), np.eye(4)), str(tmp_path / "line.nii"))
     with pytest.raises(CVBMInputError, match="expected a 2D or 3D"):

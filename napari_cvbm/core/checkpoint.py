@@ -6,19 +6,20 @@ A checkpoint is a plain dict of tensors and Python values, loaded with
 checkpoints add the state needed to resume.
 """
 
-import os
 import pickle
 from pathlib import Path
-from typing import Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 
 from .config import TrainConfig
 from .errors import CVBMInputError
 from .networks import CVBMNet
+from .outputs import atomic_write
 
 FORMAT = "napari-cvbm"
 FORMAT_VERSION = 1
+WEIGHT_ENTRIES = ("model", "teacher", "best_state", "pretrained_state")  # the state dicts a checkpoint holds
 
 
 def build_model(config: TrainConfig) -> CVBMNet:
@@ -28,27 +29,12 @@ def build_model(config: TrainConfig) -> CVBMNet:
 
 
 def save_checkpoint(path, payload: dict) -> Path:
-    """Write ``payload`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed writer
-        stale.unlink(missing_ok=True)
-    if hasattr(os, "O_DIRECTORY"):
-        fd = os.open(path.parent, os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    return path
+    """Write ``payload`` to ``path`` atomically (:func:`outputs.atomic_write`: a failed write keeps the
+    previous file and raises CVBMInputError naming ``path``). NaN/Inf weights are refused, unwritten."""
+    _refuse_nonfinite(payload, f"{path} was not written", "the model diverged (learning rate too high?)")
+    with atomic_write(path) as f:
+        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, f)
+    return Path(path)
 
 
 def load_checkpoint(path) -> dict:
@@ -72,12 +58,36 @@ def load_checkpoint(path) -> dict:
     for key in ("config", "model"):
         if key not in payload:
             raise CVBMInputError(f"checkpoint {path} lacks its {key!r} entry")
+    _refuse_nonfinite(payload, f"checkpoint {path} was refused",
+                      "it was written by a diverged training; use an earlier checkpoint")
     return payload
+
+
+def nonfinite_tensors(state: dict) -> List[str]:
+    """Names of the floating-point tensors of a state dict that hold NaN or Inf."""
+    return [name for name, value in state.items()
+            if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all()]
+
+
+def _refuse_nonfinite(payload: dict, what: str, why: str) -> None:
+    """CVBMInputError ``what: ...; why`` naming the tensors of the payload's weights that hold NaN or Inf."""
+    bad = [f"{entry}.{name}" for entry in WEIGHT_ENTRIES if isinstance(payload.get(entry), dict)
+           for name in nonfinite_tensors(payload[entry])]
+    if bad:
+        raise CVBMInputError(f"{what}: its weights hold NaN/Inf ({_some(bad)}); {why}")
+
+
+def _some(names: Sequence[str]) -> str:
+    """The first three ``names``, with "..." when there are more."""
+    return ", ".join(names[:3]) + ("..." if len(names) > 3 else "")
 
 
 def model_from_payload(payload: dict, source="checkpoint") -> Tuple[CVBMNet, TrainConfig]:
     """Build the network from a loaded checkpoint and load its weights, checking keys and shapes."""
-    config = TrainConfig.from_dict(payload["config"])
+    try:
+        config = TrainConfig.from_dict(payload["config"])
+    except CVBMInputError as exc:
+        raise CVBMInputError(f"{source}: {exc}") from None
     model = build_model(config)
     expected = model.state_dict()
     state = payload["model"]
@@ -85,9 +95,8 @@ def model_from_payload(payload: dict, source="checkpoint") -> Tuple[CVBMNet, Tra
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
     if missing or unexpected or wrong:
-        detail = "; ".join(f"{name}: {', '.join(keys[:3])}{'...' if len(keys) > 3 else ''}"
-                           for name, keys in (("missing", missing), ("unexpected", unexpected),
-                                              ("wrong shape", wrong)) if keys)
+        detail = "; ".join(f"{name}: {_some(keys)}" for name, keys in (
+            ("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys)
         raise CVBMInputError(f"{source} does not match its network ({detail})")
     model.load_state_dict(state)
     return model, config

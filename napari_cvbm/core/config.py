@@ -1,9 +1,16 @@
-"""Training configuration and the `paper` / `cpu` presets (spec 6, 9)."""
+"""Training configuration and the `paper` / `cpu` presets (spec 6, 9).
 
-from dataclasses import asdict, dataclass, fields
-from typing import Optional, Tuple
+Every setting is checked when a :class:`TrainConfig` is made: its type (from the annotation), its
+range and how it fits the others; all problems are reported in one CVBMInputError line.
+"""
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from difflib import get_close_matches
+from typing import List, NamedTuple, Optional, Tuple, Union, get_args, get_origin
 
 from .errors import CVBMInputError
+from .networks import CVBMNet
 
 
 @dataclass(frozen=True)
@@ -46,48 +53,160 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        problems = []
-        if self.dim not in (2, 3):
-            problems.append(f"dim must be 2 or 3, not {self.dim}")
-        elif len(self.patch_size) != self.dim:
-            problems.append(f"patch_size {tuple(self.patch_size)} must have {self.dim} sides for dim={self.dim}")
-        elif any(s % 16 for s in (self.slice_size or self.patch_size)):
-            problems.append(f"patch/slice sides must be multiples of 16, got {self.slice_size or self.patch_size}")
-        if self.num_classes < 2:
-            problems.append("num_classes counts the background too and must be at least 2")
-        if self.batch_labeled < 2 or self.batch_labeled % 2:
-            problems.append("batch_labeled must be even and >= 2 (pre-training mixes labeled pairs)")
-        if self.batch_unlabeled != self.batch_labeled:
-            problems.append("batch_unlabeled must equal batch_labeled (each labeled image is mixed with one unlabeled)")
-        if not 0.0 <= self.rot_flip_probability <= 1.0:
-            problems.append(f"rot_flip_probability must be in [0, 1], not {self.rot_flip_probability}")
-        if not 0.0 <= self.rotate_degrees <= 180.0:
-            problems.append(f"rotate_degrees must be in [0, 180], not {self.rotate_degrees}")
-        if self.norm not in ("instance", "batch"):
-            problems.append(f"norm must be 'instance' or 'batch', not {self.norm!r}")
-        if self.lr_schedule not in ("constant", "poly"):
-            problems.append(f"lr_schedule must be 'constant' or 'poly', not {self.lr_schedule!r}")
-        if self.channels_last not in (True, False, None):
-            problems.append(f"channels_last must be true, false or none (automatic), not {self.channels_last!r}")
-        if self.consistency_schedule not in ("release", "paper"):
-            problems.append(f"consistency_schedule must be 'release' or 'paper', not {self.consistency_schedule!r}")
+        problems = _value_problems({f.name: getattr(self, f.name) for f in fields(self)}) or self._fit_problems()
         if problems:
             raise CVBMInputError("invalid training settings: " + "; ".join(problems))
+        for f in fields(self):
+            if f.type is float:  # 1 -> 1.0: whole numbers are fine where a float belongs
+                object.__setattr__(self, f.name, float(getattr(self, f.name)))
+
+    def _fit_problems(self) -> List[str]:
+        """How settings that are each valid fail to fit together (or the network)."""
+        problems = []
+        if len(self.patch_size) != self.dim:
+            problems.append(f"patch_size {self.patch_size} must have {self.dim} sides for dim={self.dim}")
+        if self.slice_size is not None and self.dim != 2:
+            problems.append("slice_size is for 2D runs (dim=2) only; a 3D run uses patch_size")
+        name = "slice_size" if self.slice_size else "patch_size"
+        size = self.slice_size or self.patch_size
+        if len(size) == self.dim:
+            problems += _size_problems(name, size, self.norm)
+        if self.batch_labeled % 2:
+            problems.append("batch_labeled must be even (pre-training mixes labeled pairs)")
+        if self.batch_unlabeled != self.batch_labeled:
+            problems.append("batch_unlabeled must equal batch_labeled (each labeled image is mixed with one unlabeled)")
+        return problems
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise CVBMInputError(f"unknown training setting(s): {', '.join(unknown)}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        try:
-            return cls(**values)
-        except TypeError as exc:  # e.g. a number where a size tuple belongs
-            raise CVBMInputError(f"invalid training settings: {exc}") from None
+        """The config of a dict of settings (lists become tuples); anything invalid raises CVBMInputError."""
+        if not isinstance(values, dict):
+            raise CVBMInputError(f"training settings must be a dict, not {type(values).__name__}")
+        _check_names(values)
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+class Range(NamedTuple):
+    """The allowed values of a number: from ``low`` to ``high``, each end included unless open."""
+
+    low: float
+    high: float = math.inf
+    open_low: bool = False
+    open_high: bool = False
+
+    def holds(self, value) -> bool:
+        above = value > self.low if self.open_low else value >= self.low
+        below = value < self.high if self.open_high else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high == math.inf:
+            return f"{'>' if self.open_low else '>='} {self.low}"
+        return f"in {'(' if self.open_low else '['}{self.low}, {self.high}{')' if self.open_high else ']'}"
+
+
+FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
+CHOICES = {"dim": (2, 3), "norm": ("instance", "batch"), "lr_schedule": ("constant", "poly"),
+           "consistency_schedule": ("release", "paper")}
+RANGES = {
+    "num_classes": Range(2), "width": Range(1), "batch_labeled": Range(2), "batch_unlabeled": Range(2),
+    "pretrain_iterations": Range(1), "selftrain_iterations": Range(0), "lr": Range(0, open_low=True),
+    "momentum": Range(0, 1, open_high=True), "weight_decay": Range(0), "ema_decay": Range(0, 1),
+    "alpha": Range(0), "cutmix_beta": Range(0, 1, open_low=True, open_high=True),
+    "consistency_weight": Range(0), "consistency_rampup": Range(0), "rot_flip_probability": Range(0, 1),
+    "rotate_degrees": Range(0, 180), "validate_every": Range(1), "checkpoint_every": Range(1),
+    "inference_overlap": Range(0, 1, open_high=True), "seed": Range(0, 2 ** 32 - 1),
+}
+#: What a resumed run may change: how long it trains, how often it validates and saves, how it computes.
+RESUMABLE = ("pretrain_iterations", "selftrain_iterations", "validate_every", "checkpoint_every", "amp",
+             "compile", "channels_last")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite_number(value) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _expected(value, kind) -> Optional[str]:
+    """What a value of the annotated ``kind`` must be, when ``value`` is not one (None when it is)."""
+    if get_origin(kind) is Union:  # Optional[X]
+        wanted = _expected(value, next(a for a in get_args(kind) if a is not type(None)))
+        return None if value is None or wanted is None else f"{wanted.replace(' or ', ', ')} or none"
+    checks = {bool: (lambda v: isinstance(v, bool), "true or false"), int: (_is_int, "a whole number"),
+              float: (_is_finite_number, "a finite number"), str: (lambda v: isinstance(v, str), "text")}
+    if kind in checks:
+        check, wanted = checks[kind]
+        return None if check(value) else wanted
+    sides = get_args(kind)  # Tuple[int, ...] or Tuple[int, int]
+    count = None if sides[-1] is Ellipsis else len(sides)
+    fine = isinstance(value, tuple) and len(value) > 0 and all(_is_int(v) and v > 0 for v in value) \
+        and count in (None, len(value))
+    example = ",".join(["32", "48", "48"][-(count or 3):])
+    return None if fine else f"{count or 'a tuple of'} positive whole numbers (e.g. {example})"
+
+
+def _shown(value) -> str:
+    """``repr(value)`` kept short."""
+    text = f"a {value.bit_length()}-bit number" if _is_int(value) and value.bit_length() > 64 else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _value_problems(values: dict) -> List[str]:
+    """What is wrong with each setting on its own (type, choices, range)."""
+    problems = []
+    for name, value in values.items():
+        wanted = _expected(value, FIELD_TYPES[name])
+        if name in CHOICES and (wanted or value not in CHOICES[name]):
+            wanted = " or ".join(map(repr, CHOICES[name]))
+        if wanted is None and name in RANGES and not RANGES[name].holds(value):
+            wanted = str(RANGES[name])
+        if wanted is not None:
+            problems.append(f"{name} must be {wanted}, not {_shown(value)}")
+    return problems
+
+
+def _size_problems(name: str, size: Tuple[int, ...], norm: str) -> List[str]:
+    """Whether the network's downsamplings take a patch (or slice) of ``size``."""
+    divisor = CVBMNet.size_divisor
+    halvings = int(math.log2(divisor))
+    if any(s % divisor for s in size):
+        return [f"{name} {size} must be multiples of {divisor} (the network halves it {halvings} times)"]
+    if norm == "instance" and all(s == divisor for s in size):
+        # one voxel per channel at the bottleneck: instance norm cannot normalise it in a batch of one
+        # window (prediction of a patch-sized image or of a last partial batch)
+        example = size[:-1] + (2 * divisor,)
+        return [f"{name} {size} leaves a single voxel after the network's {halvings} halvings, which "
+                f"instance normalisation cannot take (prediction would fail); make a side at least "
+                f"{2 * divisor}, e.g. {example}, or set norm=batch"]
+    return []
+
+
+def _check_names(values: dict) -> None:
+    unknown = sorted(map(str, set(values) - set(FIELD_TYPES)))
+    if unknown:
+        hints = [f"{name!r} (did you mean {close[0]}?)" if (close := get_close_matches(name, FIELD_TYPES, 1))
+                 else repr(name) for name in unknown]
+        raise CVBMInputError(f"unknown training setting(s): {', '.join(hints)}")
+
+
+def check_settings(values: dict) -> None:
+    """Any subset of the settings checked on their own (names, types, choices, ranges); CVBMInputError
+    lists every problem. A full :class:`TrainConfig` also checks how they fit together."""
+    _check_names(values)
+    problems = _value_problems(values)
+    if problems:
+        raise CVBMInputError("invalid training settings: " + "; ".join(problems))
 
 
 # Spec 6 (LA for 3D, ACDC for 2D) and spec 9 (CPU: same algorithm, smaller sizes).
@@ -109,11 +228,31 @@ PRESETS = {
 }
 
 
-def preset(name: str, dim: int, **overrides) -> TrainConfig:
+def preset(name: str, dim: int, /, **overrides) -> TrainConfig:
     """The named preset ("paper" or "cpu") for 2D or 3D, with ``overrides`` applied."""
-    try:
-        values = PRESETS[(name, dim)]
-    except KeyError:
-        names = sorted({n for n, _ in PRESETS})
-        raise CVBMInputError(f"unknown preset {name!r} for dim={dim}; choose one of {names}") from None
-    return TrainConfig.from_dict({"dim": dim, **values, **overrides})
+    names = sorted({n for n, _ in PRESETS})
+    if name not in names:
+        raise CVBMInputError(f"unknown preset {name!r}; choose one of {names}")
+    if dim not in CHOICES["dim"] or isinstance(dim, bool):
+        raise CVBMInputError(f"invalid training settings: dim must be 2 or 3, not {_shown(dim)}")
+    return TrainConfig.from_dict({"dim": dim, **PRESETS[(name, dim)], **overrides})
+
+
+def resumed_config(saved: TrainConfig, given: dict, preset_name: Optional[str] = None) -> Tuple[TrainConfig, List[str]]:
+    """The config a run saved with ``saved`` resumes with, and its changes ("name old -> new").
+
+    ``given``: the settings the user gave again; with ``preset_name``, every value of that preset
+    counts as given too. Those in :data:`RESUMABLE` may change; any other difference raises
+    CVBMInputError naming the setting and both values.
+    """
+    check_settings(given)
+    if preset_name is not None:
+        given = preset(preset_name, given.get("dim", saved.dim),
+                       **{"num_classes": saved.num_classes, **given}).to_dict()
+    changed = {name: value for name, value in given.items() if value != getattr(saved, name)}
+    refused = [f"{name} is {_shown(getattr(saved, name))} in the checkpoint, {_shown(value)} given"
+               for name, value in changed.items() if name not in RESUMABLE]
+    if refused:
+        raise CVBMInputError(f"cannot resume with other settings: {'; '.join(refused)} (a resumed run may only "
+                             f"change {', '.join(RESUMABLE)}; start a new run to change the others)")
+    return replace(saved, **changed), [f"{name} {getattr(saved, name)} -> {value}" for name, value in changed.items()]

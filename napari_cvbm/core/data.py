@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from .classes import interpret_labels
 from .errors import CVBMInputError
 from .intensity import normalize_intensity
 
@@ -173,7 +174,8 @@ def load_cases(images, labels_dir=None, num_classes=None, annotated_dir=None, ch
     ``annotated_dir`` for partly labeled volumes; cases without a mask there are fully annotated.
     ``channel`` picks one volume of 4D (multi-channel or multi-frame) images; ``names`` keeps only
     those cases, in that order. Any unreadable or inconsistent file raises CVBMInputError."""
-    from .io import IMAGE_EXTENSIONS, list_images, pair_images_labels, read_image, read_labels, strip_extension
+    from .io import (IMAGE_EXTENSIONS, check_aligned, list_images, pair_images_labels, read_image, read_labels,
+                     strip_extension)
 
     images = Path(images)
     if labels_dir is None:
@@ -190,17 +192,17 @@ def load_cases(images, labels_dir=None, num_classes=None, annotated_dir=None, ch
             raise CVBMInputError(f"{len(missing)} case(s) not found in {images}: {', '.join(missing[:5])}")
         pairs = [by_name[n] for n in names]
     masks = {strip_extension(p): p for p in list_images(annotated_dir)} if annotated_dir else {}
+    labels = {path: read_labels(path) for _, path in pairs if path is not None}
+    for path, array in interpret_labels({p: data.array for p, data in labels.items()}, num_classes).items():
+        labels[path].array = array  # decided for the whole set: 0/255 masks are one class
     cases = []
     for image_path, label_path in pairs:
         name = strip_extension(image_path)
         image = read_image(image_path, channel=channel)
         label = None
         if label_path is not None:
-            labels = read_labels(label_path)
-            label = labels.array
-            if label.shape == image.array.shape and not np.allclose(labels.spacing, image.spacing, rtol=1e-3):
-                raise CVBMInputError(f"{name}: label spacing {tuple(labels.spacing)} does not match image "
-                                     f"spacing {tuple(image.spacing)} ({label_path.name} vs {image_path.name})")
+            check_aligned(image, labels[label_path], image_path, label_path)
+            label = labels[label_path].array
         annotated = read_labels(masks[name]).array > 0 if name in masks else None
         cases.append(make_case(name, image.array, label, annotated=annotated,
                                spacing=image.spacing, num_classes=num_classes))

@@ -7,3 +7,9 @@ class CVBMInputError(ValueError):
     The message is written for the user: the CLI prints it as one line, the GUI as a
     notification.
     """
+
+
+class CVBMNotice(UserWarning):
+    """Something the user should know that changes nothing they asked for (e.g. how a 0/255 mask
+    was read). Issued with :func:`warnings.warn`; the CLI prints ``cvbm: note: ...``, napari shows
+    a notification."""

@@ -46,14 +46,15 @@ over cases of the per-case mean over the foreground classes (as the papers repor
 from __future__ import annotations
 
 import csv
+import io
 import math
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 from scipy import ndimage
 
 from .errors import CVBMInputError
+from .outputs import atomic_write
 
 METRIC_NAMES = ("dice", "jaccard", "hd95", "asd")
 
@@ -265,14 +266,14 @@ def summarize(rows: Iterable[dict]) -> dict:
 
 
 def write_csv(rows: Iterable[dict], path) -> None:
-    """Write ``evaluate_cases`` rows to a CSV file (columns case,class,dice,jaccard,hd95,asd)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
+    """Write ``evaluate_cases`` rows to a CSV file (columns case,class,dice,jaccard,hd95,asd), atomically."""
+    with atomic_write(path) as raw:
+        handle = io.TextIOWrapper(raw, encoding="utf-8", newline="")
         writer = csv.DictWriter(handle, fieldnames=_CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow(row)
+        handle.detach()  # flushes; atomic_write syncs and closes the file
 
 
 def format_table(summary: dict, distance_unit: str = "") -> str:

@@ -5,6 +5,7 @@ and ``torchrun`` workers all drive the same loop and can stop it between two ste
 """
 
 import copy
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +16,9 @@ import torch
 
 from .acceleration import GradientStep, autocast, faster_layout, memory_format, precision_name, \
     use_channels_last
-from .checkpoint import build_model, load_checkpoint, model_from_payload, save_checkpoint, save_model
-from .config import TrainConfig
+from .checkpoint import build_model, load_checkpoint, model_from_payload, nonfinite_tensors, save_checkpoint, \
+    save_model
+from .config import TrainConfig, resumed_config
 from .cutmix import cutmix, cutmix_mask, cutmix_pair
 from .data import Case, PatchSampler
 from . import distributed
@@ -126,6 +128,7 @@ class TrainingRun:
         self.pretrained_state: Optional[dict] = None
         self.optimizer = self._new_optimizer()
         self._batches: Optional[Prefetcher] = None
+        self.resume_changes: List[str] = []  # "name old -> new" for each setting a resumed run changed
 
     # -- public API ---------------------------------------------------------------------
     def events(self) -> Iterator[ProgressEvent]:
@@ -201,8 +204,7 @@ class TrainingRun:
             parts["total"] = sum(parts.values())
             for k, v in parts.items():
                 terms[k] = terms.get(k, 0.0) + v
-        self._optimise(terms["total"])
-        return {k: float(v.detach()) for k, v in terms.items()}, 0.0
+        return self._optimise(terms), 0.0
 
     def _student_step(self, sampled):
         """Student self-training: cut-mix labeled/unlabeled, L_rw + lambda L_bcl, EMA (spec 3-5).
@@ -244,9 +246,9 @@ class TrainingRun:
             parts["total"] = total
             for k, v in parts.items():
                 terms[k] = terms.get(k, 0.0) + v
-        self._optimise(terms["total"])
+        losses = self._optimise(terms)
         ema_update(self.teacher, self.model, cfg.ema_decay)
-        return {k: float(v.detach()) for k, v in terms.items()}, lam
+        return losses, lam
 
     def _finish_pretraining(self):
         self.pretrained_state = distributed.broadcast_state(self._selected_state(), self.device)
@@ -286,10 +288,32 @@ class TrainingRun:
             output = net(x)
         return CVBMOutput(*(t.float() if t is not None else None for t in output))
 
-    def _optimise(self, loss: torch.Tensor) -> None:
-        """One SGD step on ``loss``; BatchNorm running statistics then agree across ranks."""
-        self._gradient_step(loss, self.optimizer)
+    def _optimise(self, terms: Dict[str, torch.Tensor]) -> Dict[str, float]:
+        """One SGD step on ``terms["total"]``, unless a term is NaN/Inf (the run stops); returns every
+        term as a float. BatchNorm running statistics then agree across ranks."""
+        losses = {k: float(v.detach()) for k, v in terms.items()}
+        bad = [k for k, v in losses.items() if not math.isfinite(v)]
+        if bad:
+            raise self._diverged(f"loss term(s) {', '.join(bad)} became NaN/Inf", self.iteration + 1)
+        self._gradient_step(terms["total"], self.optimizer)
         distributed.average_buffers(self.model)
+        return losses
+
+    def _finite(self, state: dict) -> dict:
+        """``state`` once its weights are checked: a step can turn them NaN/Inf before any loss does,
+        so a run stops here, before writing or selecting them."""
+        bad = nonfinite_tensors(state)
+        if bad:
+            raise self._diverged(f"the weights became NaN/Inf ({', '.join(bad[:3])})", self.iteration)
+        return state
+
+    def _diverged(self, what: str, step: int) -> CVBMInputError:
+        """The error that stops a run whose ``step`` went NaN/Inf."""
+        cfg = self.config
+        total = cfg.pretrain_iterations if self.phase == "pretrain" else cfg.selftrain_iterations
+        return CVBMInputError(
+            f"training diverged at {self.phase} iteration {step}/{total}: {what}; is the learning rate "
+            f"(lr={cfg.lr:g}) too high? Nothing from this step was saved; checkpoints already written are kept")
 
     def _new_optimizer(self):
         cfg = self.config
@@ -319,7 +343,7 @@ class TrainingRun:
         return t
 
     def _selected_state(self) -> dict:
-        return self.best_state if self.best_state is not None else _cpu_state(self.model)
+        return self._finite(self.best_state if self.best_state is not None else _cpu_state(self.model))
 
     @torch.no_grad()
     def _validate(self) -> float:
@@ -345,7 +369,7 @@ class TrainingRun:
         """A resumable training checkpoint (atomic; loads safely with weights_only)."""
         numpy_state = self._batches.rng_state() if self._batches else self.rng.bit_generator.state
         return save_checkpoint(path, {
-            "kind": "training", "config": self.config.to_dict(), "model": _cpu_state(self.model),
+            "kind": "training", "config": self.config.to_dict(), "model": self._finite(_cpu_state(self.model)),
             "teacher": _cpu_state(self.teacher) if self.teacher is not None else None,
             "optimizer": self.optimizer.state_dict(), "phase": self.phase, "iteration": self.iteration,
             "elapsed": self.elapsed, "best_dice": self.best_dice, "best_state": self.best_state,
@@ -355,13 +379,23 @@ class TrainingRun:
         })
 
     @classmethod
-    def resume(cls, path, labeled, unlabeled=(), validation=(), out_dir=None, device=None) -> "TrainingRun":
-        """Continue a run from a training checkpoint written by :meth:`save`."""
+    def resume(cls, path, labeled, unlabeled=(), validation=(), out_dir=None, device=None,
+               overrides: Optional[dict] = None, preset_name: Optional[str] = None) -> "TrainingRun":
+        """Continue a run from a training checkpoint written by :meth:`save`.
+
+        ``overrides`` (the settings the user gave again) and ``preset_name`` go through
+        :func:`~.config.resumed_config`: iteration counts, intervals and speed settings may change
+        (``resume_changes`` lists them; more self-training iterations reopen a finished run), any
+        other difference raises CVBMInputError.
+        """
         payload = load_checkpoint(path)
         if payload.get("kind") != "training":
             raise CVBMInputError(f"{path} is a model checkpoint, not a training checkpoint to resume")
-        model, config = model_from_payload(payload, source=f"checkpoint {path}")
+        model, saved = model_from_payload(payload, source=f"checkpoint {path}")
+        config, changes = resumed_config(saved, overrides or {}, preset_name)
+        _check_iterations(payload["phase"], payload["iteration"], saved, config)
         run = cls(config, labeled, unlabeled, validation, out_dir=out_dir, device=device)
+        run.resume_changes = changes
         run.model.load_state_dict(model.state_dict())
         run.phase, run.iteration = payload["phase"], payload["iteration"]
         run.elapsed, run.best_dice = payload["elapsed"], payload["best_dice"]
@@ -376,7 +410,22 @@ class TrainingRun:
             np.random.default_rng([config.seed, distributed.rank(), run.iteration]).bit_generator.state
         run.generator.set_state(payload["rng"]["cutmix"])
         torch.set_rng_state(payload["rng"]["torch"])
+        if run.phase == "done" and run.iteration < config.selftrain_iterations:  # extended: train on
+            run.phase = "selftrain"
+            if run.best_dice < 0:  # no validation: the last weights, not those of the first finish
+                run.best_state = None
         return run
+
+
+def _check_iterations(phase: str, done: int, saved: TrainConfig, config: TrainConfig) -> None:
+    """A resumed run may train longer or shorter, but not change a finished phase nor undo steps."""
+    if phase != "pretrain" and config.pretrain_iterations != saved.pretrain_iterations:
+        raise CVBMInputError(f"pretrain_iterations cannot change from {saved.pretrain_iterations} to "
+                             f"{config.pretrain_iterations}: pre-training has finished in this checkpoint")
+    name = "pretrain_iterations" if phase == "pretrain" else "selftrain_iterations"
+    if getattr(config, name) < done:
+        raise CVBMInputError(f"{name} cannot be {getattr(config, name)}: this checkpoint has already done "
+                             f"{done} of them")
 
 
 def _cpu_state(model: torch.nn.Module) -> dict:

@@ -25,11 +25,14 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, Q
                             QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QProgressBar,
                             QPushButton, QSpinBox, QToolButton, QVBoxLayout, QWidget)
 
+from .._reader import GEOMETRY
 from ..core import config as core_config
 from ..core.annotation import annotated_mask, counted_slices, format_slices
+from ..core.classes import infer_num_classes, interpret_labels
 from ..core.config import TrainConfig
 from ..core.data import load_cases, make_case
 from ..core.errors import CVBMInputError
+from ..core.geometry import check_same_place
 from ..core.training import ProgressEvent, TrainingRun
 from . import models
 from .loss_plot import LossPlot
@@ -586,8 +589,11 @@ class FineTuneWidget(QWidget):
             return (partial(_run_from_folders, folders, config, weights, new_network), config,
                     f"the images in {folders['images']}")
         labeled, unlabeled = self._snapshot()
-        num_classes = max(2, 1 + max(int(label.max()) for _, _, label, _, _ in labeled))
-        config, weights = self.training_config(num_classes)
+        active = self._active_config() if self._from_active() else None
+        given = None if active is None else active.num_classes
+        labels = interpret_labels({name: label for name, _, label, *_ in labeled}, given, what="labels layer")
+        labeled = [(name, image, labels[name], *rest) for name, image, _, *rest in labeled]
+        config, weights = self.training_config(infer_num_classes(labels.values(), given))
         self._check_model_fits(config, labeled, unlabeled)
         return (partial(_run_from_arrays, labeled, unlabeled, config, weights), config,
                 f"{len(labeled)} labeled + {len(unlabeled)} unlabeled images")
@@ -606,6 +612,8 @@ class FineTuneWidget(QWidget):
             if layer_array(image).shape != label.shape:
                 raise CVBMInputError(f"'{labels.name}' has shape {label.shape} but image '{image.name}' "
                                      f"has shape {layer_array(image).shape}: they must match")
+            check_same_place(image.metadata.get(GEOMETRY), labels.metadata.get(GEOMETRY),
+                             f"'{labels.name}' vs image '{image.name}'")
             slices = layer_counted_slices(labels, complete)
             if not len(slices):
                 problems.append(f"'{labels.name}': {_nothing_counted(labels)}")
@@ -680,10 +688,12 @@ class FineTuneWidget(QWidget):
         show_info(f"CVBM fine-tune finished: '{name}' is now the active model")
 
     # -- model files -------------------------------------------------------------------------------
-    def save_model(self, path) -> Optional[Path]:
-        """Write the active model as a checkpoint `cvbm predict` reads; None (and a notification) on failure."""
+    def save_model(self, path, overwrite: bool = False) -> Optional[Path]:
+        """Write the active model as a checkpoint `cvbm predict` reads; None (and a notification) on failure.
+
+        An existing file is refused unless ``overwrite`` (the save dialog has asked the user)."""
         try:
-            out = models.MODEL_STORE.save(path)
+            out = models.MODEL_STORE.save(path, overwrite=overwrite)
         except (CVBMInputError, OSError) as exc:
             show_error(f"could not save the model: {exc}")
             return None
@@ -700,8 +710,9 @@ class FineTuneWidget(QWidget):
 
     def _save_dialog(self):
         path, _ = QFileDialog.getSaveFileName(self, "Save model", "cvbm_model.pt", "CVBM model (*.pt)")
-        if path:
-            self.save_model(path if Path(path).suffix else path + ".pt")
+        if path:  # Qt asked before replacing the file picked, not one renamed here with .pt
+            target = path if Path(path).suffix else path + ".pt"
+            self.save_model(target, overwrite=target == path)
 
     def _load_dialog(self):
         path, _ = QFileDialog.getOpenFileName(self, "Load model", "", "CVBM model (*.pt);;All files (*)")
@@ -728,7 +739,7 @@ def _run_from_folders(folders: dict, config: TrainConfig, weights, new_network: 
                          num_classes=None if new_network else config.num_classes)
     unlabeled = load_cases(folders["unlabeled"]) if folders["unlabeled"] else []
     if new_network:
-        config = dataclasses.replace(config, num_classes=max(2, 1 + max(int(c.label.max()) for c in labeled)))
+        config = dataclasses.replace(config, num_classes=infer_num_classes(c.label for c in labeled))
     return TrainingRun(config, labeled, unlabeled, initial_weights=weights)
 
 

@@ -11,6 +11,8 @@ from typing import Dict, List, Optional
 import numpy as np
 from napari.layers import Image, Labels, Layer
 
+from .._reader import GEOMETRY
+
 SEGMENTATION = "segmentation"
 PROB_VIEWS = {"fg": "prob_fg_view", "bg": "prob_bg_view", "mix": "prob_mix_view"}
 CONFIDENCE = {"fg": "confidence_fg", "bg": "confidence_bg"}
@@ -43,7 +45,7 @@ def _put_layer(viewer, image: Image, role: str, layer_type, data: np.ndarray,
         viewer.layers.remove(layer)
         layer = None
     if layer is None:
-        geometry = {k: image.metadata[k] for k in ("affine", "spacing") if k in image.metadata}  # for the writer
+        geometry = {k: image.metadata[k] for k in ("affine", "spacing", GEOMETRY) if k in image.metadata}
         layer = layer_type(data, name=name, scale=image.scale, translate=image.translate,
                            metadata={"cvbm_role": role, "cvbm_source": image.name, **geometry}, **display)
         return viewer.add_layer(layer)

@@ -14,6 +14,7 @@ from psygnal import Signal
 from ..core.checkpoint import load_model, save_model
 from ..core.config import TrainConfig
 from ..core.errors import CVBMInputError
+from ..core.outputs import refuse_existing
 
 STARTER_PATH = Path(__file__).resolve().parent.parent / "models" / "starter.pt"
 STARTER = "starter model (sample data)"
@@ -70,8 +71,11 @@ class ModelStore:
             show_error(str(error))
             return None
 
-    def save(self, path, name: Optional[str] = None) -> Path:
-        """Write the named (default: active) model as a checkpoint that `cvbm predict` reads."""
+    def save(self, path, name: Optional[str] = None, overwrite: bool = False) -> Path:
+        """Write the named (default: active) model as a checkpoint that `cvbm predict` reads.
+
+        An existing file is replaced only with ``overwrite`` (after the user confirmed it)."""
+        refuse_existing(path, overwrite)
         model, config = self.get(name)
         return save_model(path, model, config, phase="napari")
 
