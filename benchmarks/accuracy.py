@@ -30,12 +30,13 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from napari_cvbm.cli import _parse_setting, train_with_progress
+from napari_cvbm.console import train_with_progress
 from napari_cvbm.core.classes import infer_num_classes
-from napari_cvbm.core.config import preset
+from napari_cvbm.core.config import parse_setting, preset
 from napari_cvbm.core.data import Case, load_cases
-from napari_cvbm.core.inference import combine_views, predict
+from napari_cvbm.core.inference import combine_views
 from napari_cvbm.core.metrics import evaluate_cases, format_table, summarize, write_csv
+from napari_cvbm.core.predictor import Predictor
 from napari_cvbm.core.training import TrainingRun
 
 HOLDOUT, SELECTION = 16, 4
@@ -106,9 +107,8 @@ def evaluate(model, eval_cases, config, views, factor=1.0):
     """Per-view metric rows over whole volumes, on each case's original grid (only images are zoomed)."""
     results = {view: [] for view in views}
     for case in eval_cases:
-        pred = predict(model, _zoom_image(case.image, factor), heads="all" if config.background_branch else "fg",
-                       patch_size=config.patch_size, slice_size=config.slice_size,
-                       overlap=config.inference_overlap, amp=config.amp)
+        pred = Predictor(model, config)(_zoom_image(case.image, factor),
+                                        heads="all" if config.background_branch else "fg", amp=config.amp)
         for view in views:
             probs = pred.bg if view == "bg" else combine_views(view, pred.fg, pred.bg, pred.mix)
             results[view].append((case.name, _to_shape(probs, case.label.shape).argmax(0), case.label, None))
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     num_classes = infer_num_classes(c.label for c in labeled)
     factor = args.zoom or (CPU_3D_ZOOM if (args.scale, dim) == ("cpu", 3) else 1.0)
     overrides = dict(CPU_3D) if (args.scale, dim) == ("cpu", 3) else {}
-    overrides.update(_parse_setting(s) for s in args.set)
+    overrides.update(parse_setting(s) for s in args.set)
     if args.arm == "supervised":
         overrides["selftrain_iterations"] = 0
     if args.arm == "fg_ssl":

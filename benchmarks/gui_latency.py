@@ -70,8 +70,8 @@ def sample_viewer():
     import napari._qt.qt_main_window as main_window
 
     from napari_cvbm.core.io import read_image, read_labels
+    from napari_cvbm.synthetic import SAMPLE_DATA as data
 
-    data = Path(__file__).resolve().parent.parent / "sample_data"
     main_window.SHOW_QT_WARNING = False  # keep napari's PyQt5 deprecation toast off the screenshot
     viewer = napari.Viewer(title="napari-cvbm fine-tune")
     viewer.window.resize(1400, 950)

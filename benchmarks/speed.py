@@ -23,7 +23,6 @@ from napari_cvbm.core.data import make_case
 from napari_cvbm.core.inference import choose_device, predict
 from napari_cvbm.core.training import TrainingRun
 
-
 CONV_SHAPES = {  # (channels, input shape): layers like the networks' own, from wide-shallow to narrow-deep
     3: [(16, (2, 16, 64, 64, 64)), (32, (2, 32, 32, 48, 48)), (64, (2, 64, 16, 24, 24)), (128, (2, 128, 8, 12, 12))],
     2: [(16, (16, 16, 128, 128)), (32, (16, 32, 64, 64)), (64, (16, 64, 32, 32)), (128, (16, 128, 16, 16))],
@@ -42,7 +41,7 @@ def conv_limit(device, dim, repeats, amp):
             conv = conv.to(device, memory_format=layout)
             x = torch.randn(shape, device=device).contiguous(memory_format=layout).requires_grad_(True)
 
-            def step():
+            def step(conv=conv, x=x):
                 with autocast(device, amp):
                     y = conv(x)
                 y.float().sum().backward()

@@ -23,13 +23,12 @@ import os
 import re
 from pathlib import Path
 
-import numpy as np
 from napari.utils.notifications import show_error
 
+from .core.classes import MAX_INFERRED_CLASSES, label_values
 from .core.errors import CVBMInputError
 from .core.io import IMAGE_EXTENSIONS, ImageData, list_images, read_image, read_labels, strip_extension
 
-MAX_LABEL_VALUES = 64
 LABEL_ROLE = "label"  # metadata["cvbm_role"] of label maps opened from files
 GEOMETRY = "cvbm_geometry"  # metadata key of the file's core.geometry.Geometry, for the writers
 _LABEL_FOLDER = re.compile(r"labels?(tr|ts)?|masks?|segmentations?|segs?|gts?|ground_?truths?", re.I)
@@ -107,11 +106,4 @@ def _label_map(file: Path) -> ImageData | None:
         labels = read_labels(file)
     except CVBMInputError:  # fractional, negative or NaN values, or unreadable: read_image decides
         return None
-    return labels if _distinct_values(labels.array) <= MAX_LABEL_VALUES else None
-
-
-def _distinct_values(array: np.ndarray) -> int:
-    """Number of distinct values in a non-negative integer array."""
-    if array.max() < 2**20:  # bincount is much faster than unique on large volumes
-        return int(np.count_nonzero(np.bincount(array.ravel())))
-    return int(np.unique(array).size)
+    return labels if label_values(labels.array).size <= MAX_INFERRED_CLASSES else None

@@ -1,22 +1,16 @@
 """napari sample data: the first labeled and the first unlabeled synthetic organ case.
 
-The volumes are read from the repository's ``sample_data/`` files when present (fast). An installed
-wheel has no such folder, so the same cases are then generated in memory with
-:mod:`napari_cvbm.synthetic` (identical arrays, a few seconds per case).
+The volumes are read from the package's ``sample_data/`` folder (:data:`napari_cvbm.synthetic.SAMPLE_DATA`),
+which ships in the wheel.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 
 from . import synthetic
 from ._reader import LABEL_ROLE
-from .core.errors import CVBMInputError
 from .core.io import read_image, read_labels
-
-SAMPLE_DATA = Path(__file__).resolve().parent.parent / "sample_data"
 
 
 def labeled_sample() -> list[tuple]:
@@ -44,11 +38,7 @@ def _case(split: str) -> tuple[str, np.ndarray, np.ndarray, tuple[float, ...]]:
     """(name, float32 image, uint8 label or None, spacing) of the first case of ``split``."""
     number, _, has_labels = synthetic.SPLITS[split]
     name = synthetic.case_name(number)
-    folder, file = SAMPLE_DATA / split, f"{name}.nii.gz"
-    try:
-        image = read_image(folder / "images" / file)
-        label = read_labels(folder / "labels" / file).array if has_labels else None
-        return name, image.array, label, image.spacing
-    except CVBMInputError:  # no (or a damaged) sample_data/ folder, e.g. in an installed wheel
-        image, label = synthetic.generate_case(number)
-        return name, image.astype(np.float32), label if has_labels else None, tuple(synthetic.SPACING)
+    folder, file = synthetic.SAMPLE_DATA / split, f"{name}.nii.gz"
+    image = read_image(folder / "images" / file)
+    label = read_labels(folder / "labels" / file).array if has_labels else None
+    return name, image.array, label, image.spacing

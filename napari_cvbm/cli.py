@@ -15,27 +15,12 @@ from tqdm import tqdm
 from .core.errors import CVBMInputError, CVBMNotice
 
 
-def _parse_setting(text: str):
-    """``key=value`` -> (key, value) with value parsed as int, float, bool, tuple or string."""
-    if "=" not in text:
-        raise CVBMInputError(f"--set expects key=value, got {text!r}")
-    key, raw = text.split("=", 1)
-    if "," in raw:
-        return key, tuple(_parse_setting(f"x={part}")[1] for part in raw.split(",") if part)
-    for cast in (int, float):
-        try:
-            return key, cast(raw)
-        except ValueError:
-            pass
-    return key, {"true": True, "false": False, "none": None}.get(raw.lower(), raw)
-
-
 def _given_settings(args) -> dict:
     """The settings the user gave (``--set``, ``--dim``, ``--num-classes``), each checked on its own;
     a flag and a ``--set`` of the same setting must agree."""
-    from .core.config import check_settings
+    from .core.config import check_settings, parse_setting
 
-    given = dict(_parse_setting(s) for s in args.set)
+    given = dict(parse_setting(s) for s in args.set)
     for flag, key in (("--dim", "dim"), ("--num-classes", "num_classes")):
         value = getattr(args, key)
         if value is not None and given.setdefault(key, value) != value:
@@ -44,36 +29,7 @@ def _given_settings(args) -> dict:
     return given
 
 
-def _progress_bar(events, desc_for_phase):
-    """Show one tqdm bar per training phase while passing the events through."""
-    bar, phase = None, None
-    try:
-        for event in events:
-            if event.phase != phase:
-                if bar is not None:
-                    bar.close()
-                phase = event.phase
-                bar = tqdm(total=event.total, initial=event.iteration - 1, desc=desc_for_phase[phase],
-                           unit="it", dynamic_ncols=True)
-            bar.update(1)
-            postfix = {"loss": f"{event.losses['total']:.3f}"}
-            if event.validation_dice is not None:
-                postfix["val_dice"] = f"{event.validation_dice:.3f}"
-            bar.set_postfix(postfix)
-            yield event
-    finally:
-        if bar is not None:
-            bar.close()
-
-
 CHANNEL_HELP = "for 4D images (several channels or time frames): the one to use, from 0"
-PHASE_NAMES = {"pretrain": "teacher pre-training", "selftrain": "student self-training"}
-
-
-def train_with_progress(run, show: bool = True):
-    """Drive a TrainingRun to the end, with progress bars when ``show`` (used by `train` and `demo`)."""
-    for _ in _progress_bar(run.events(), PHASE_NAMES) if show else run.events():
-        pass
 
 
 def cmd_train(args) -> int:
@@ -102,6 +58,7 @@ def _claim_out(args):
 def _train(args) -> int:
     from dataclasses import replace
 
+    from .console import train_with_progress
     from .core import distributed
     from .core.classes import infer_num_classes
     from .core.config import preset
@@ -171,17 +128,16 @@ def _prediction_paths(path: Path, out: Path, fmt: Optional[str], maps) -> dict:
 
 
 def cmd_predict(args) -> int:
-    from .core.checkpoint import load_model
-    from .core.inference import predict
     from .core.io import IMAGE_EXTENSIONS, list_images, read_image, strip_extension, write_image
     from .core.outputs import check_outputs, check_writable
+    from .core.predictor import Predictor
 
-    model, config = load_model(args.model)
+    predictor = Predictor.load(args.model)
     source = Path(args.input)
     files = [source] if source.is_file() else list_images(source)
     if not files:
         raise CVBMInputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {source}")
-    maps = (FG_MAPS + (BG_MAPS if model.background_branch else ())) if args.probabilities else ()
+    maps = (FG_MAPS + (BG_MAPS if predictor.model.background_branch else ())) if args.probabilities else ()
     planned = {path: _prediction_paths(path, Path(args.out), args.format, maps) for path in files}
     check_outputs({path: list(paths.values()) for path, paths in planned.items()}, overwrite=args.overwrite,
                   case=strip_extension)
@@ -190,9 +146,8 @@ def cmd_predict(args) -> int:
     heads = "fg" if args.mode == "fg" and not args.probabilities else "all"
     for path, paths in tqdm(planned.items(), desc="predict", unit="image", disable=len(files) < 2):
         image = read_image(path, channel=args.channel)
-        pred = predict(model, image.array, mode=args.mode, heads=heads, patch_size=config.patch_size,
-                       slice_size=config.slice_size, overlap=config.inference_overlap,
-                       device=args.device, largest_component=args.largest_component, amp=not args.float32)
+        pred = predictor(image.array, mode=args.mode, heads=heads, device=args.device,
+                         largest_component=args.largest_component, amp=not args.float32)
         geometry = dict(geometry=image.geometry)
         write_image(paths["labels"], pred.labels, **geometry)
         if args.probabilities:
@@ -259,10 +214,11 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from .core.config import parse_setting
     from .demo import run_demo
 
     run_demo(data_dir=args.data, out_dir=args.out, preset_name=args.preset,
-             overrides=dict(_parse_setting(s) for s in args.set), device=args.device)
+             overrides=dict(parse_setting(s) for s in args.set), device=args.device)
     return 0
 
 

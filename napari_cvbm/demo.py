@@ -9,25 +9,34 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from . import synthetic
+from .console import train_with_progress
 from .core.classes import infer_num_classes
 from .core.config import preset
 from .core.data import load_cases
 from .core.errors import CVBMInputError
-from .core.inference import OUTPUT_MODES, combine_views, predict
+from .core.inference import OUTPUT_MODES, combine_views
 from .core.io import write_image
 from .core.metrics import dice_score
+from .core.predictor import Predictor
 from .core.training import TrainingRun
-
-BUNDLED_SAMPLE_DATA = Path(__file__).resolve().parent.parent / "sample_data"
 
 
 def sample_data_dir(path=None) -> Path:
-    """The sample data folder (``labeled/``, ``unlabeled/``, ``test/``)."""
-    folder = Path(path) if path else BUNDLED_SAMPLE_DATA
+    """The sample data folder (``labeled/``, ``unlabeled/``, ``test/``): ``path``, else the bundled one."""
+    folder = Path(path) if path else synthetic.SAMPLE_DATA
     if not (folder / "labeled" / "images").is_dir():
         raise CVBMInputError(f"no sample data in {folder}: expected labeled/, unlabeled/ and test/ folders "
                              f"(run `python sample_data/generate.py` or pass --data)")
     return folder
+
+
+def load_sample_cases(folder: Path) -> tuple[list, list, list]:
+    """(labeled, unlabeled, test) cases of a sample data folder."""
+    labeled = load_cases(folder / "labeled" / "images", folder / "labeled" / "labels")
+    unlabeled = load_cases(folder / "unlabeled" / "images")
+    test = load_cases(folder / "test" / "images", folder / "test" / "labels")
+    return labeled, unlabeled, test
 
 
 def evaluate_outputs(model, cases, config, views=("fg",) + OUTPUT_MODES[1:] + ("bg",)) -> Dict[str, dict]:
@@ -35,8 +44,7 @@ def evaluate_outputs(model, cases, config, views=("fg",) + OUTPUT_MODES[1:] + ("
     scores = {v: [] for v in views}
     predictions = {}
     for case in cases:
-        pred = predict(model, case.image, heads="fg" if views == ("fg",) else "all", patch_size=config.patch_size,
-                       slice_size=config.slice_size, overlap=config.inference_overlap)
+        pred = Predictor(model, config)(case.image, heads="fg" if views == ("fg",) else "all")
         predictions[case.name] = pred
         for view in views:
             probs = pred.bg if view == "bg" else combine_views(view, pred.fg, pred.bg, pred.mix)
@@ -75,13 +83,9 @@ def save_confidence_figure(path, case, pred) -> Path:
 def run_demo(data_dir=None, out_dir="demo_output", preset_name="cpu", overrides=None,
              device: Optional[str] = None, log=print) -> dict:
     """Train on the sample data and report supervised-only vs CVBM; returns the Dice table."""
-    from .cli import train_with_progress
 
-    folder = sample_data_dir(data_dir)
+    labeled, unlabeled, test = load_sample_cases(sample_data_dir(data_dir))
     out = Path(out_dir)
-    labeled = load_cases(folder / "labeled" / "images", folder / "labeled" / "labels")
-    unlabeled = load_cases(folder / "unlabeled" / "images")
-    test = load_cases(folder / "test" / "images", folder / "test" / "labels")
     num_classes = infer_num_classes(c.label for c in labeled)
     config = preset(preset_name, 3, **{"num_classes": num_classes, **(overrides or {})})
     log(f"CVBM demo: {len(labeled)} labeled, {len(unlabeled)} unlabeled, {len(test)} held-out volumes; "

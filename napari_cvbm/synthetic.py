@@ -3,15 +3,18 @@
 Each case is an MRI-like crop (z, y, x) = (48, 64, 64) at spacing (1.5, 1.0, 1.0) mm holding one
 smooth organ-like blob (label 1) among similar-intensity neighbours, darker vessels and tissue
 texture, with partial-volume edges, blur, a multiplicative bias field and Rician noise.
-``sample_data/generate.py`` writes these cases to disk; the napari sample-data commands build them
-in memory when that folder is absent (installed wheel).
+``sample_data/generate.py`` writes these cases to :data:`SAMPLE_DATA`, the package folder that
+ships in the wheel and that ``cvbm demo`` and the napari sample-data commands read.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from scipy import ndimage
 
+SAMPLE_DATA = Path(__file__).resolve().parent / "sample_data"  # labeled/, unlabeled/, test/
 SEED = 20240917
 SHAPE = (48, 64, 64)  # (z, y, x)
 SPACING = (1.5, 1.0, 1.0)  # mm, same order

@@ -1,9 +1,10 @@
-"""Write the small synthetic 3D sample set shipped in sample_data/ (deterministic).
+"""Write the small synthetic 3D sample set shipped in napari_cvbm/sample_data/ (deterministic).
 
 The data come from :mod:`napari_cvbm.synthetic` (numpy and scipy.ndimage only); this script writes
-them with napari_cvbm's io and reports how hard each case is for a global Otsu threshold.
+them with napari_cvbm's io into the package folder (``synthetic.SAMPLE_DATA``, so the wheel carries
+them) and reports how hard each case is for a global Otsu threshold.
 
-    python sample_data/generate.py          # (re)write the files next to this script
+    python sample_data/generate.py          # (re)write the files in napari_cvbm/sample_data/
     python sample_data/generate.py --check  # regenerate in memory and compare with the files
 """
 
@@ -21,7 +22,7 @@ try:
 except ImportError:  # running from a source checkout without installing the package
     sys.path.insert(0, str(HERE.parent))
     from napari_cvbm import synthetic
-from napari_cvbm.core.io import read_image, read_labels, write_image
+from napari_cvbm.core.io import read_image, read_labels, write_image  # noqa: E402 (after the path fallback)
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
@@ -45,7 +46,8 @@ def _paths(out: Path, split: str, case: str):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=HERE, help="output folder (default: next to this script)")
+    parser.add_argument("--out", type=Path, default=synthetic.SAMPLE_DATA,
+                        help="output folder (default: the package's napari_cvbm/sample_data/)")
     parser.add_argument("--check", action="store_true", help="compare with existing files, write nothing")
     args = parser.parse_args(argv)
 

@@ -10,21 +10,17 @@ from pathlib import Path
 
 import torch
 
-from napari_cvbm.cli import train_with_progress
+from napari_cvbm.console import train_with_progress
 from napari_cvbm.core.checkpoint import save_model
 from napari_cvbm.core.config import preset
-from napari_cvbm.core.data import load_cases
 from napari_cvbm.core.training import TrainingRun
-from napari_cvbm.demo import BUNDLED_SAMPLE_DATA, evaluate_outputs
+from napari_cvbm.demo import evaluate_outputs, load_sample_cases, sample_data_dir
 
 OUT = Path(__file__).resolve().parent.parent / "napari_cvbm" / "models" / "starter.pt"
 
 
 def main() -> int:
-    data = BUNDLED_SAMPLE_DATA
-    labeled = load_cases(data / "labeled" / "images", data / "labeled" / "labels")
-    unlabeled = load_cases(data / "unlabeled" / "images")
-    test = load_cases(data / "test" / "images", data / "test" / "labels")
+    labeled, unlabeled, test = load_sample_cases(sample_data_dir())
     config = preset("cpu", 3, width=6)
     run = TrainingRun(config, labeled, unlabeled)
     train_with_progress(run)

@@ -2,7 +2,6 @@
 that have it trains close to float32, the fp16 gradient scaler path."""
 
 import dataclasses
-
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +14,11 @@ from napari_cvbm.core.inference import predict
 from napari_cvbm.core.io import read_image, read_labels
 from napari_cvbm.core.metrics import dice_score
 from napari_cvbm.core.training import TrainingRun
+from napari_cvbm.synthetic import SAMPLE_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTER = ROOT / "napari_cvbm" / "models" / "starter.pt"
-SAMPLE_TEST = ROOT / "sample_data" / "test"
+SAMPLE_TEST = SAMPLE_DATA / "test"
 
 
 def _losses(config, cases):

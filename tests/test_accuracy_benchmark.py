@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import blob_volume
 
 from napari_cvbm.core.io import write_image
-
-from conftest import blob_volume
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import accuracy  # noqa: E402

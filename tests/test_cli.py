@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import blob_volume
 
 from napari_cvbm.core.io import read_labels, write_image
-
-from conftest import blob_volume
 
 TINY = ["--set", "width=4", "--set", "patch_size=32,32,32", "--set", "pretrain_iterations=2",
         "--set", "selftrain_iterations=2", "--set", "checkpoint_every=1"]

@@ -1,9 +1,7 @@
 """Spec equations checked on small tensors against values computed by hand (spec 2-5)."""
 
 import math
-from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 

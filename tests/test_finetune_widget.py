@@ -18,20 +18,17 @@ from napari_cvbm.core.inference import predict
 from napari_cvbm.core.io import read_image, read_labels
 from napari_cvbm.gui import models
 from napari_cvbm.gui.finetune import FineTuneWidget
+from napari_cvbm.synthetic import SAMPLE_DATA
 
-SAMPLE = models.STARTER_PATH.parent.parent.parent / "sample_data"
+SAMPLE = SAMPLE_DATA
 WIDGET = ("napari-cvbm", "Fine-tune with unlabeled data")
 LONG_MS = 120_000
 
 
 @pytest.fixture
 def store(monkeypatch):
-    """A fresh model store whose active model is the starter (or, until it exists, a tiny 3D net)."""
+    """A fresh model store whose active model is the bundled starter."""
     fresh = models.ModelStore()
-    if not models.STARTER_PATH.is_file():
-        config = preset("cpu", 3, width=4, patch_size=(32, 32, 32))
-        torch.manual_seed(0)
-        fresh.add("tiny 3D net", build_model(config), config)
     monkeypatch.setattr(models, "MODEL_STORE", fresh)
     return fresh
 
@@ -348,3 +345,42 @@ def test_diverging_fine_tune_is_a_failure_and_keeps_the_model(viewer, store, qtb
     assert widget.status.text().startswith("Not trained: training diverged")
     assert store.active == previous and not any(n.startswith("fine-tuned") for n in store.names())
     assert all(torch.equal(before[k], v) for k, v in store.get()[0].state_dict().items())
+
+
+def test_fine_tunes_a_batch_norm_model(viewer, store, qtbot, notes):
+    config = preset("cpu", 3, width=4, patch_size=(32, 32, 32), norm="batch")
+    torch.manual_seed(0)
+    store.add("batch-norm net", build_model(config), config)
+    widget = dock(viewer)
+    tiny(widget, pretrain=2, selftrain=2)
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.running, timeout=LONG_MS)
+    assert store.active == "fine-tuned 1", notes
+    assert store.get()[1].norm == "batch"
+
+
+def test_closing_the_viewer_returns_before_the_step_in_progress_ends(make_napari_viewer, store, sample, qtbot,
+                                                                    monkeypatch):
+    from napari_cvbm.core.training import TrainingRun
+
+    monkeypatch.setattr(TaskStatusManager, "cancel_all", lambda self: None)
+    step = TrainingRun._pretrain_step
+
+    def slow_step(self, batch):
+        time.sleep(3.0)  # a long step, as on a big volume
+        return step(self, batch)
+
+    monkeypatch.setattr(TrainingRun, "_pretrain_step", slow_step)
+    image, label, _ = sample
+    viewer = make_napari_viewer()
+    viewer.add_image(image.array, name="img")
+    viewer.add_labels(label, name="img labels")
+    widget = dock(viewer)
+    tiny(widget, pretrain=50, selftrain=0)
+    worker = widget.start()
+    qtbot.waitUntil(lambda: len(widget.events_seen) >= 1, timeout=LONG_MS)
+    viewer.close()
+    assert worker.is_running  # close did not wait for the step: the GUI thread stays free
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=LONG_MS)
+    assert QThreadPool.globalInstance().waitForDone(10_000)
+    assert not any(n.startswith("fine-tuned") for n in store.names())

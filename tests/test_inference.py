@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_cvbm.core import acceleration
 from napari_cvbm.core.errors import CVBMInputError
 from napari_cvbm.core.inference import (
     OUTPUT_MODES,
@@ -22,7 +23,7 @@ from napari_cvbm.core.inference import (
     predict,
 )
 from napari_cvbm.core.intensity import normalize_intensity
-from napari_cvbm.core import acceleration
+from napari_cvbm.core.networks import CVBMNet
 
 
 @pytest.fixture(autouse=True)
@@ -457,15 +458,11 @@ def test_out_of_memory_retries_with_smaller_batch_and_window():
 
 
 # ------------------------------------------------------------------------------------------
-# the real network (width 4), once napari_cvbm.core.networks exists
+# the real network (width 4)
 # ------------------------------------------------------------------------------------------
-def _real_net():
-    networks = pytest.importorskip("napari_cvbm.core.networks")
-    return networks.CVBMNet
 
 
 def test_real_cvbmnet_3d():
-    CVBMNet = _real_net()
     torch.manual_seed(0)
     model = CVBMNet(dim=3, num_classes=2, width=4)
     img = rng_image((20, 40, 36), seed=14)
@@ -489,7 +486,6 @@ def test_real_cvbmnet_3d():
 
 
 def test_real_cvbmnet_2d_slice_wise():
-    CVBMNet = _real_net()
     torch.manual_seed(0)
     model = CVBMNet(dim=2, num_classes=4, width=4)
     img = rng_image((3, 40, 50), seed=16)

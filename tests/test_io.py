@@ -21,7 +21,7 @@ from napari_cvbm.core.io import (
     write_image,
 )
 
-SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
+SAMPLE = synthetic.SAMPLE_DATA
 RNG = np.random.default_rng(0)
 VOLUME = RNG.random((5, 6, 7)).astype(np.float32)  # (z, y, x), all sizes distinct
 SPACING = (2.5, 0.5, 0.25)
@@ -291,7 +291,7 @@ def test_pair_images_labels_matches_by_case(tmp_path):
     images = _touch(tmp_path / "images", "c2.nii.gz", "c1.nii.gz", "c3.tif")
     labels = _touch(tmp_path / "labels", "c1.nii", "c2.nii.gz", "c3.nii.gz", "extra.nii.gz")
     pairs = pair_images_labels(images, labels)
-    assert [(i.name, l.name) for i, l in pairs] == [
+    assert [(image.name, label.name) for image, label in pairs] == [
         ("c1.nii.gz", "c1.nii"), ("c2.nii.gz", "c2.nii.gz"), ("c3.tif", "c3.nii.gz")
     ]
 
@@ -343,7 +343,7 @@ def test_flipped_bit_in_nifti_gz_is_detected(tmp_path):
     """gzip's CRC is checked: a silently corrupted volume is refused, not read with wrong values."""
     import random
 
-    source = (Path(__file__).resolve().parent.parent / "sample_data" / "labeled" / "images" / "case_001.nii.gz")
+    source = SAMPLE / "labeled" / "images" / "case_001.nii.gz"
     raw = source.read_bytes()
     rng = random.Random(1)
     for trial in range(10):

@@ -7,10 +7,9 @@ import sys
 import time
 
 import numpy as np
+from test_cli import make_folder
 
 from napari_cvbm.core.checkpoint import load_checkpoint, load_model
-
-from test_cli import make_folder
 
 SETTINGS = ["--set", "width=4", "--set", "patch_size=32,32,32", "--set", "pretrain_iterations=40",
             "--set", "selftrain_iterations=40", "--set", "checkpoint_every=1"]
@@ -28,7 +27,7 @@ def test_repeated_sigkill_and_resume(tmp_path):
     out = tmp_path / "run"
     rng = np.random.default_rng(0)
     kills, lost, progress = 0, 0, []
-    for cycle in range(5):
+    for _ in range(5):
         last = out / "last.pt"
         written_before = last.stat().st_mtime_ns if last.exists() else 0
         proc = _start(data, out, resume=last.exists())

@@ -7,15 +7,14 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
+from conftest import blob_volume
+from test_cli import TINY, assert_one_error_line, cvbm
 
 from napari_cvbm.core.checkpoint import load_model
 from napari_cvbm.core.classes import infer_num_classes, interpret_labels
 from napari_cvbm.core.data import load_cases
 from napari_cvbm.core.errors import CVBMInputError, CVBMNotice
 from napari_cvbm.core.io import write_image
-
-from conftest import blob_volume
-from test_cli import TINY, assert_one_error_line, cvbm
 
 
 def write_set(root, labels: dict, folder="labels"):

@@ -1,9 +1,5 @@
 """The README's main job with a display: napari with both widgets docked and the sample data."""
 
-import pytest
-
-pytest.importorskip("pytestqt")
-
 
 def test_gui_main_job_opens_widgets_and_samples(qtbot, monkeypatch):
     import napari

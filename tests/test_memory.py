@@ -25,7 +25,7 @@ print("GROWTH_MB", (high_water_kb() - before) / 1024)
 def _growth(mode):
     result = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    return float(next(l for l in result.stdout.splitlines() if l.startswith("GROWTH_MB")).split()[1])
+    return float(next(line for line in result.stdout.splitlines() if line.startswith("GROWTH_MB")).split()[1])
 
 
 def test_sliding_window_needs_far_less_memory_than_a_whole_forward():

@@ -14,15 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import blob_volume
+from test_cli import TINY, make_folder
 
 from napari_cvbm import cli
 from napari_cvbm.core.checkpoint import build_model, load_model, save_checkpoint, save_model
 from napari_cvbm.core.config import preset
 from napari_cvbm.core.errors import CVBMInputError
 from napari_cvbm.core.io import read_image, write_image
-
-from conftest import blob_volume
-from test_cli import TINY, make_folder
 
 CONFIG = preset("cpu", 3, width=4, patch_size=(32, 32, 32))
 SHAPE = (16, 24, 24)

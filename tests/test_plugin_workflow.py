@@ -3,17 +3,15 @@ slices, Fine-tune with unlabeled data, and see the predictions refresh with the 
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-pytest.importorskip("pytestqt")
-
-from napari_cvbm.gui import models  # noqa: E402
+from napari_cvbm.gui import models
+from napari_cvbm.synthetic import SAMPLE_DATA
 
 LONG_MS = 240_000
-TEST_IMAGE = Path(__file__).resolve().parent.parent / "sample_data" / "test" / "images" / "case_013.nii.gz"
+TEST_IMAGE = SAMPLE_DATA / "test" / "images" / "case_013.nii.gz"
 
 
 @pytest.fixture

@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 from napari.utils.notifications import notification_manager
 
-from napari_cvbm._reader import MAX_LABEL_VALUES, napari_get_reader
+from napari_cvbm._reader import napari_get_reader
 from napari_cvbm._writer import write_image, write_labels
+from napari_cvbm.core.classes import MAX_INFERRED_CLASSES
 from napari_cvbm.core.errors import CVBMInputError
 from napari_cvbm.core.io import read_image, read_labels
 from napari_cvbm.core.io import write_image as io_write
+from napari_cvbm.synthetic import SAMPLE_DATA
 
-SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
+SAMPLE = SAMPLE_DATA
 SPACING = (2.5, 0.5, 0.25)
 RNG = np.random.default_rng(0)
 IMAGE = RNG.normal(100, 20, (5, 6, 7)).astype(np.float32)  # (z, y, x), sizes distinct
@@ -84,7 +86,7 @@ def test_labels_or_image_decision(tmp_path, relative, values, expected):
 
 
 def test_label_value_limit_is_inclusive(tmp_path):
-    values = np.arange(5 * 6 * 7).reshape(5, 6, 7) % MAX_LABEL_VALUES
+    values = np.arange(5 * 6 * 7).reshape(5, 6, 7) % MAX_INFERRED_CLASSES
     [(_, _, layer_type)] = read(str(put(tmp_path / "labels" / "c.nii.gz", values)))
     assert layer_type == "labels"
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from napari_cvbm import _sample_data, synthetic
+from napari_cvbm.core.errors import CVBMInputError
 
-SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
+GENERATOR = Path(__file__).resolve().parents[1] / "sample_data" / "generate.py"
 
 
 def test_labeled_sample_gives_image_and_label_map():
@@ -30,15 +31,11 @@ def test_unlabeled_sample_gives_one_image():
     assert image.shape == synthetic.SHAPE and kwargs["scale"] == pytest.approx(synthetic.SPACING)
 
 
-def test_samples_are_generated_identically_without_the_folder(monkeypatch, tmp_path):
-    """An installed wheel has no sample_data/: the same layers are then built in memory."""
-    from_files = _sample_data.labeled_sample() + _sample_data.unlabeled_sample()
-    monkeypatch.setattr(_sample_data, "SAMPLE_DATA", tmp_path / "absent")
-    generated = _sample_data.labeled_sample() + _sample_data.unlabeled_sample()
-    for (data, kwargs, layer_type), (data2, kwargs2, layer_type2) in zip(from_files, generated):
-        assert data.dtype == data2.dtype and layer_type == layer_type2
-        np.testing.assert_array_equal(data, data2)
-        assert kwargs["name"] == kwargs2["name"] and kwargs["scale"] == pytest.approx(kwargs2["scale"])
+def test_missing_sample_files_are_named(monkeypatch, tmp_path):
+    """The wheel ships the files; a damaged install says which one is missing instead of guessing."""
+    monkeypatch.setattr(synthetic, "SAMPLE_DATA", tmp_path / "absent")
+    with pytest.raises(CVBMInputError, match="case_004.nii.gz"):
+        _sample_data.unlabeled_sample()
 
 
 def test_synthetic_module_is_headless():
@@ -48,16 +45,17 @@ def test_synthetic_module_is_headless():
 
 
 def test_generate_cli_writes_byte_identical_files_and_checks_them(monkeypatch, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("cvbm_sample_generate", SAMPLE / "generate.py")
+    spec = importlib.util.spec_from_file_location("cvbm_sample_generate", GENERATOR)
     generate = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generate)
     monkeypatch.setattr(synthetic, "SPLITS", {"labeled": (1, 1, True)})  # just case_001
     assert generate.main(["--out", str(tmp_path)]) == 0
     for kind in ("images", "labels"):
         relative = f"labeled/{kind}/case_001.nii.gz"
-        assert (tmp_path / relative).read_bytes() == (SAMPLE / relative).read_bytes()
-    assert generate.main(["--check", "--out", str(tmp_path)]) == 0
-    assert "case_001: identical" in capsys.readouterr().out
+        assert (tmp_path / relative).read_bytes() == (synthetic.SAMPLE_DATA / relative).read_bytes()
+    for out in (["--out", str(tmp_path)], []):  # the default is the package folder the wheel ships
+        assert generate.main(["--check"] + out) == 0
+        assert "case_001: identical" in capsys.readouterr().out
 
 
 def test_viewer_opens_the_samples(make_napari_viewer):

@@ -1,23 +1,18 @@
 """Segment widget in a real napari viewer: layers, re-runs, compare mode, model changes, bad input."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from napari.utils.notifications import NotificationSeverity, notification_manager
 
-pytest.importorskip("napari")
-pytest.importorskip("pytestqt")
+from napari_cvbm.core.checkpoint import build_model, save_model
+from napari_cvbm.core.config import preset
+from napari_cvbm.core.io import read_image, read_labels
+from napari_cvbm.gui import models
+from napari_cvbm.gui.layers import ROLES
+from napari_cvbm.synthetic import SAMPLE_DATA
 
-from napari.utils.notifications import NotificationSeverity, notification_manager  # noqa: E402
-
-from napari_cvbm.core.checkpoint import build_model, save_model  # noqa: E402
-from napari_cvbm.core.config import preset  # noqa: E402
-from napari_cvbm.core.io import read_image, read_labels  # noqa: E402
-from napari_cvbm.gui import models  # noqa: E402
-from napari_cvbm.gui.layers import ROLES  # noqa: E402
-
-SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "labeled"
+SAMPLE = SAMPLE_DATA / "labeled"
 TIMEOUT_MS = 60_000
 
 

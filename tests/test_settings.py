@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_cli import assert_one_error_line, cvbm, make_folder
 
 from napari_cvbm import cli
-from napari_cvbm.core.config import TrainConfig, preset
+from napari_cvbm.core.config import TrainConfig, parse_setting, preset
 from napari_cvbm.core.errors import CVBMInputError
 from napari_cvbm.core.inference import predict
 from napari_cvbm.core.networks import CVBMNet
-
-from test_cli import assert_one_error_line, cvbm, make_folder
 
 NAN, INF = math.nan, math.inf
 FIELDS = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
@@ -117,7 +116,7 @@ def test_refused_sizes_are_exactly_those_that_fail_to_predict(dim, size, norm):
 @given(name=st.sampled_from(sorted(FIELDS) + ["name", "", "colour"]), raw=st.text(max_size=20))
 def test_any_set_value_is_a_valid_setting_or_one_input_error(name, raw):
     try:
-        key, value = cli._parse_setting(f"{name}={raw}")
+        key, value = parse_setting(f"{name}={raw}")
         preset("cpu", 3, **{key: value})
     except CVBMInputError as exc:
         assert "\n" not in str(exc)
@@ -125,7 +124,7 @@ def test_any_set_value_is_a_valid_setting_or_one_input_error(name, raw):
 
 def test_parse_setting_without_equals():
     with pytest.raises(CVBMInputError, match="key=value"):
-        cli._parse_setting("lr")
+        parse_setting("lr")
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,12 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from conftest import blob_volume
 
 from napari_cvbm.core.checkpoint import load_checkpoint, load_model
 from napari_cvbm.core.data import make_case
 from napari_cvbm.core.errors import CVBMInputError
 from napari_cvbm.core.training import TrainingRun
-
-from conftest import blob_volume
 
 
 def _weights(model):

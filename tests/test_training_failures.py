@@ -6,14 +6,13 @@ import math
 
 import pytest
 import torch
+from test_cli import TINY, cvbm, make_folder
 
 from napari_cvbm import cli
 from napari_cvbm.core import training
 from napari_cvbm.core.checkpoint import build_model, load_checkpoint, load_model, save_checkpoint, save_model
 from napari_cvbm.core.errors import CVBMInputError
 from napari_cvbm.core.training import TrainingRun
-
-from test_cli import TINY, cvbm, make_folder
 
 
 def finite(state):

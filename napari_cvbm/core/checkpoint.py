@@ -24,8 +24,7 @@ WEIGHT_ENTRIES = ("model", "teacher", "best_state", "pretrained_state")  # the s
 
 def build_model(config: TrainConfig) -> CVBMNet:
     """The network described by ``config`` (spec 1)."""
-    return CVBMNet(dim=config.dim, num_classes=config.num_classes, width=config.width,
-                   background_branch=config.background_branch, norm=config.norm)
+    return CVBMNet(**config.architecture())
 
 
 def save_checkpoint(path, payload: dict) -> Path:
@@ -49,7 +48,8 @@ def load_checkpoint(path) -> dict:
             f"checkpoint {path} was refused: it is not a plain weights file and could run code "
             f"when loaded ({str(exc).splitlines()[0][:120]})") from None
     except Exception as exc:  # truncated zip, not a torch file, ...
-        raise CVBMInputError(f"checkpoint {path} is not a readable napari-cvbm checkpoint ({type(exc).__name__})") from None
+        raise CVBMInputError(f"checkpoint {path} is not a readable napari-cvbm checkpoint "
+                             f"({type(exc).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CVBMInputError(f"checkpoint {path} is not a napari-cvbm checkpoint")
     if payload.get("format_version") != FORMAT_VERSION:

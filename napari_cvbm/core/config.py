@@ -80,6 +80,10 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def architecture(self) -> dict:
+        """The settings that define the network (spec 1): a model is rebuilt from these alone."""
+        return {name: getattr(self, name) for name in ARCHITECTURE}
+
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
         """The config of a dict of settings (lists become tuples); anything invalid raises CVBMInputError."""
@@ -120,6 +124,8 @@ RANGES = {
     "rotate_degrees": Range(0, 180), "validate_every": Range(1), "checkpoint_every": Range(1),
     "inference_overlap": Range(0, 1, open_high=True), "seed": Range(0, 2 ** 32 - 1),
 }
+#: The settings that define the network: every rebuild of a trained model keeps them.
+ARCHITECTURE = ("dim", "num_classes", "width", "background_branch", "norm")
 #: What a resumed run may change: how long it trains, how often it validates and saves, how it computes.
 RESUMABLE = ("pretrain_iterations", "selftrain_iterations", "validate_every", "checkpoint_every", "amp",
              "compile", "channels_last")
@@ -229,13 +235,22 @@ PRESETS = {
 
 
 def preset(name: str, dim: int, /, **overrides) -> TrainConfig:
-    """The named preset ("paper" or "cpu") for 2D or 3D, with ``overrides`` applied."""
+    """The named preset ("paper" or "cpu") for 2D or 3D, with ``overrides`` applied.
+
+    A shorter or longer self-training keeps the preset's consistency ramp as a fraction of it (spec 4:
+    the weight reaches its full value at the same point of the run), unless the ramp is given too.
+    """
     names = sorted({n for n, _ in PRESETS})
     if name not in names:
         raise CVBMInputError(f"unknown preset {name!r}; choose one of {names}")
     if dim not in CHOICES["dim"] or isinstance(dim, bool):
         raise CVBMInputError(f"invalid training settings: dim must be 2 or 3, not {_shown(dim)}")
-    return TrainConfig.from_dict({"dim": dim, **PRESETS[(name, dim)], **overrides})
+    base = PRESETS[(name, dim)]
+    values = {"dim": dim, **base, **overrides}
+    iterations = overrides.get("selftrain_iterations")
+    if "consistency_rampup" not in overrides and _is_int(iterations) and iterations >= 0:
+        values["consistency_rampup"] = round(base["consistency_rampup"] * iterations / base["selftrain_iterations"])
+    return TrainConfig.from_dict(values)
 
 
 def resumed_config(saved: TrainConfig, given: dict, preset_name: Optional[str] = None) -> Tuple[TrainConfig, List[str]]:
@@ -256,3 +271,19 @@ def resumed_config(saved: TrainConfig, given: dict, preset_name: Optional[str] =
         raise CVBMInputError(f"cannot resume with other settings: {'; '.join(refused)} (a resumed run may only "
                              f"change {', '.join(RESUMABLE)}; start a new run to change the others)")
     return replace(saved, **changed), [f"{name} {getattr(saved, name)} -> {value}" for name, value in changed.items()]
+
+
+def parse_setting(text: str):
+    """``key=value`` (the CLI's ``--set``) -> (key, value), the value parsed as int, float, bool, none,
+    a comma-separated tuple or text; :class:`TrainConfig` then checks it."""
+    if "=" not in text:
+        raise CVBMInputError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    if "," in raw:
+        return key, tuple(parse_setting(f"x={part}")[1] for part in raw.split(",") if part)
+    for cast in (int, float):
+        try:
+            return key, cast(raw)
+        except ValueError:
+            pass
+    return key, {"true": True, "false": False, "none": None}.get(raw.lower(), raw)

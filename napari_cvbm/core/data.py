@@ -49,7 +49,8 @@ def make_case(name, image, label=None, annotated=None, spacing=None, num_classes
         if annotated is not None:
             annotated = np.asarray(annotated, dtype=bool)
             if annotated.shape != image.shape:
-                raise CVBMInputError(f"{name}: annotated mask shape {annotated.shape} does not match image {image.shape}")
+                raise CVBMInputError(f"{name}: annotated mask shape {annotated.shape} does not match image "
+                                     f"{image.shape}")
             if not annotated.any():
                 raise CVBMInputError(f"{name}: no voxel is marked as annotated")
     spacing = tuple(float(s) for s in spacing) if spacing is not None else (1.0,) * image.ndim
@@ -159,11 +160,13 @@ class PatchSampler:
         return [np.flip(a, axis) for a in arrays]
 
     def _rotate(self, arrays):
-        """In-plane rotation: linear for the image (edges extended), nearest for labels and mask."""
+        """In-plane rotation: linear for the image, nearest-neighbour for labels and mask. The corners
+        rotated in from outside the crop are filled from its edge (image, labels) and marked as not
+        annotated, so they are never supervised as anything."""
         angle = float(self.rng.uniform(-self.rotate_degrees, self.rotate_degrees))
         plane = (arrays[0].ndim - 2, arrays[0].ndim - 1)
         return [ndimage.rotate(a, angle, axes=plane, reshape=False, order=1 if i == 0 else 0,
-                               mode="nearest" if i != 1 else "constant")
+                               mode="constant" if i == 2 else "nearest", cval=0)
                 for i, a in enumerate(arrays)]
 
 
@@ -174,8 +177,15 @@ def load_cases(images, labels_dir=None, num_classes=None, annotated_dir=None, ch
     ``annotated_dir`` for partly labeled volumes; cases without a mask there are fully annotated.
     ``channel`` picks one volume of 4D (multi-channel or multi-frame) images; ``names`` keeps only
     those cases, in that order. Any unreadable or inconsistent file raises CVBMInputError."""
-    from .io import (IMAGE_EXTENSIONS, check_aligned, list_images, pair_images_labels, read_image, read_labels,
-                     strip_extension)
+    from .io import (
+        IMAGE_EXTENSIONS,
+        check_aligned,
+        list_images,
+        pair_images_labels,
+        read_image,
+        read_labels,
+        strip_extension,
+    )
 
     images = Path(images)
     if labels_dir is None:

@@ -14,25 +14,30 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .acceleration import GradientStep, autocast, faster_layout, memory_format, precision_name, \
-    use_channels_last
-from .checkpoint import build_model, load_checkpoint, model_from_payload, nonfinite_tensors, save_checkpoint, \
-    save_model
+from . import distributed
+from .acceleration import GradientStep, autocast, faster_layout, memory_format, precision_name, use_channels_last
+from .checkpoint import build_model, load_checkpoint, model_from_payload, nonfinite_tensors, save_checkpoint, save_model
 from .config import TrainConfig, resumed_config
 from .cutmix import cutmix, cutmix_mask, cutmix_pair
 from .data import Case, PatchSampler
-from . import distributed
 from .ema import ema_update
 from .errors import CVBMInputError
-from .inference import choose_device, predict
-from .losses import bidirectional_consistency, consistency_weight, region_wide_loss, softmax_seg_loss, \
-    complementary_seg_loss
+from .inference import choose_device
+from .losses import (
+    bidirectional_consistency,
+    complementary_seg_loss,
+    consistency_weight,
+    region_wide_loss,
+    softmax_seg_loss,
+)
 from .metrics import dice_score
 from .networks import CVBMOutput
+from .predictor import Predictor
 from .prefetch import Prefetcher
 from .pseudo_labels import pseudo_labels
 
 PHASES = ("pretrain", "selftrain", "done")
+PHASE_NAMES = {"pretrain": "teacher pre-training", "selftrain": "student self-training"}  # spec 5, 6
 
 
 @dataclass
@@ -351,8 +356,7 @@ class TrainingRun:
         cfg = self.config
         scores = []
         for case in self.validation:
-            pred = predict(self.model, case.image, heads="fg", patch_size=cfg.patch_size,
-                           slice_size=cfg.slice_size, overlap=0.25, device=self.device, amp=cfg.amp)
+            pred = Predictor(self.model, cfg)(case.image, heads="fg", device=self.device, amp=cfg.amp)
             scores.append(dice_score(pred.labels, case.label, cfg.num_classes))
         dice = float(np.mean(scores))
         if dice > self.best_dice:

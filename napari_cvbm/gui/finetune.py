@@ -20,10 +20,27 @@ from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from napari.utils.theme import get_theme
-from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout,
-                            QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QProgressBar,
-                            QPushButton, QSpinBox, QToolButton, QVBoxLayout, QWidget)
+from qtpy.QtCore import Qt, QThreadPool, QTimer
+from qtpy.QtWidgets import (
+    QApplication,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from .._reader import GEOMETRY
 from ..core import config as core_config
@@ -33,16 +50,14 @@ from ..core.config import TrainConfig
 from ..core.data import load_cases, make_case
 from ..core.errors import CVBMInputError
 from ..core.geometry import check_same_place
-from ..core.training import ProgressEvent, TrainingRun
+from ..core.training import PHASE_NAMES, ProgressEvent, TrainingRun
 from . import models
 from .loss_plot import LossPlot
 
 PRESETS = {"CPU laptop (~5 min on the sample data)": "cpu", "GPU (paper settings)": "paper"}
 START_ACTIVE, START_NEW_3D, START_NEW_2D = "active model", "new 3D network", "new 2D network"  # item 0 names the model
 SOURCE_LAYERS, SOURCE_FOLDERS = "Layers in the viewer", "Folders on disk"
-PHASE_NAMES = {"pretrain": "Teacher pre-training", "selftrain": "Student self-training"}
-KEPT_FROM_MODEL = ("num_classes", "width", "patch_size", "slice_size", "background_branch")
-CLOSE_WAIT_S = 60.0  # on viewer close, wait this long for the step in progress to end
+CLOSE_WAIT_S = 60.0  # when the application quits, wait this long for a stopped step to end
 SUMMARY_DELAY_MS = 150  # recount annotated slices once painting pauses
 
 
@@ -108,7 +123,7 @@ def parse_size(text: str, dim: int) -> Tuple[int, ...]:
 
 
 def describe_event(event: ProgressEvent) -> str:
-    return f"{PHASE_NAMES[event.phase]} {event.iteration}/{event.total}"
+    return f"{PHASE_NAMES[event.phase].capitalize()} {event.iteration}/{event.total}"
 
 
 def _train_steps(job: "Job"):
@@ -160,12 +175,10 @@ class Job:
     started: float = dataclasses.field(default_factory=time.perf_counter)
     slots: _Connections = dataclasses.field(default_factory=_Connections)
 
-    def stop(self, wait_s: float = 0.0):
-        """Ask the worker to stop at the next step; optionally wait until its thread has left it."""
+    def stop(self):
+        """Ask the worker to stop at the next step (it returns at once; the step in progress ends in
+        the worker's thread)."""
         self.worker.quit()
-        deadline = time.perf_counter() + wait_s
-        while self.worker.is_running and time.perf_counter() < deadline:
-            time.sleep(0.01)
 
 
 class _Lifetime(_Connections):
@@ -179,7 +192,18 @@ class _Lifetime(_Connections):
         super().close()
         if self.job is not None:
             self.job.slots.close()
-            self.job.stop(wait_s=CLOSE_WAIT_S)
+            self.job.stop()
+            _wait_for_workers_when_quitting()
+
+
+def _wait_for_workers_when_quitting():
+    """Closing a viewer never blocks its GUI thread: a stopped job finishes its step in its own thread.
+    Only when the whole application quits does it wait (up to CLOSE_WAIT_S) for that step to end, so
+    that no thread outlives the interpreter."""
+    app = QApplication.instance()
+    if app is not None and not app.property("cvbm_waits_for_workers"):
+        app.setProperty("cvbm_waits_for_workers", True)
+        app.aboutToQuit.connect(lambda: QThreadPool.globalInstance().waitForDone(int(CLOSE_WAIT_S * 1000)))
 
 
 # -- the widget -----------------------------------------------------------------------------------
@@ -513,15 +537,12 @@ class FineTuneWidget(QWidget):
     def training_config(self, num_classes: int = 2) -> Tuple[TrainConfig, Optional[dict]]:
         """The run's config and initial weights (None for a new network); bad settings raise CVBMInputError."""
         name, dim = PRESETS[self.preset.currentText()], self._dim()
-        base = core_config.preset(name, dim)
-        selftrain = self.selftrain.value()
-        values = dict(pretrain_iterations=self.pretrain.value(), selftrain_iterations=selftrain,
+        values = dict(pretrain_iterations=self.pretrain.value(), selftrain_iterations=self.selftrain.value(),
                       lr=self.lr.value(), batch_labeled=self.batch.value(), batch_unlabeled=self.batch.value(),
-                      seed=self.seed.value(),
-                      consistency_rampup=round(base.consistency_rampup * selftrain / base.selftrain_iterations))
+                      seed=self.seed.value())
         if self._from_active():
             model, config = models.MODEL_STORE.get()
-            values.update({k: getattr(config, k) for k in KEPT_FROM_MODEL})
+            values.update(config.architecture(), patch_size=config.patch_size, slice_size=config.slice_size)
             weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         else:
             size = parse_size(self.patch.text(), dim)

@@ -21,7 +21,7 @@ from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QPushButton, QVBoxLayout, Q
 from superqt.utils import signals_blocked
 
 from ..core.errors import CVBMInputError
-from ..core.inference import predict
+from ..core.predictor import Predictor
 from . import models
 from .layers import CONFIDENCE, find_layer, show_prediction
 
@@ -66,11 +66,11 @@ def image_problem(layer) -> Optional[str]:
     return None
 
 
-def _predict_or_message(model, image_layer, **kwargs):
+def _predict_or_message(predictor: Predictor, image_layer, **kwargs):
     """Worker body: the prediction, or the message of a CVBMInputError (a returned exception would
     be re-raised by the worker and reported with a traceback); other errors propagate."""
     try:
-        return predict(model, np.asarray(image_layer.data), **kwargs)
+        return predictor(np.asarray(image_layer.data), **kwargs)
     except CVBMInputError as error:
         return str(error)
 
@@ -207,8 +207,7 @@ class SegmentWidget(QWidget):
             show_error(str(error))
             return None
         worker = create_worker(
-            _predict_or_message, model, image_layer, mode=self._mode.value, heads="all",
-            patch_size=config.patch_size, slice_size=config.slice_size, overlap=config.inference_overlap,
+            _predict_or_message, Predictor(model, config), image_layer, mode=self._mode.value, heads="all",
             device=self._device.value, largest_component=self._largest.value,
             progress=lambda fraction: self._progress_changed.emit(int(round(100 * fraction))),
             _ignore_errors=True)
