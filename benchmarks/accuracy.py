@@ -105,10 +105,10 @@ def _to_shape(probs: np.ndarray, shape) -> np.ndarray:
 
 def evaluate(model, eval_cases, config, views, factor=1.0):
     """Per-view metric rows over whole volumes, on each case's original grid (only images are zoomed)."""
-    results = {view: [] for view in views}
+    results, predictor = {view: [] for view in views}, Predictor(model, config)
     for case in eval_cases:
-        pred = Predictor(model, config)(_zoom_image(case.image, factor),
-                                        heads="all" if config.background_branch else "fg", amp=config.amp)
+        pred = predictor(_zoom_image(case.image, factor), heads="all" if config.background_branch else "fg",
+                         amp=config.amp)
         for view in views:
             probs = pred.bg if view == "bg" else combine_views(view, pred.fg, pred.bg, pred.mix)
             results[view].append((case.name, _to_shape(probs, case.label.shape).argmax(0), case.label, None))

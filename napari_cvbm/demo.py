@@ -42,9 +42,9 @@ def load_sample_cases(folder: Path) -> tuple[list, list, list]:
 def evaluate_outputs(model, cases, config, views=("fg",) + OUTPUT_MODES[1:] + ("bg",)) -> Dict[str, dict]:
     """Per-view Dice (mean over cases) and the predictions, one full forward per case."""
     scores = {v: [] for v in views}
-    predictions = {}
+    predictions, predictor = {}, Predictor(model, config)
     for case in cases:
-        pred = Predictor(model, config)(case.image, heads="fg" if views == ("fg",) else "all")
+        pred = predictor(case.image, heads="fg" if views == ("fg",) else "all")
         predictions[case.name] = pred
         for view in views:
             probs = pred.bg if view == "bg" else combine_views(view, pred.fg, pred.bg, pred.mix)

@@ -160,7 +160,8 @@ def test_edits_during_training_change_nothing_and_second_start_is_refused(viewer
     assert len(widget.events_seen) == 2 and widget.start_button.isEnabled()
 
 
-def test_closing_the_viewer_stops_training(make_napari_viewer, store, sample, qtbot, monkeypatch):
+def _running_fine_tune(make_napari_viewer, sample, qtbot, monkeypatch, pretrain):
+    """(viewer, worker) of a fine-tune that has made its first step."""
     # napari cancels the workers it registered with the *current* viewer; the widget must not rely on it
     monkeypatch.setattr(TaskStatusManager, "cancel_all", lambda self: None)
     image, label, _ = sample
@@ -168,9 +169,14 @@ def test_closing_the_viewer_stops_training(make_napari_viewer, store, sample, qt
     viewer.add_image(image.array, name="img")
     viewer.add_labels(label, name="img labels")
     widget = dock(viewer)
-    tiny(widget, pretrain=500, selftrain=0)
+    tiny(widget, pretrain=pretrain, selftrain=0)
     worker = widget.start()
     qtbot.waitUntil(lambda: len(widget.events_seen) >= 1, timeout=LONG_MS)
+    return viewer, worker
+
+
+def test_closing_the_viewer_stops_training(make_napari_viewer, store, sample, qtbot, monkeypatch):
+    viewer, worker = _running_fine_tune(make_napari_viewer, sample, qtbot, monkeypatch, pretrain=500)
     with qtbot.waitSignal(worker.finished, timeout=LONG_MS):
         viewer.close()
     assert not worker.is_running
@@ -363,7 +369,6 @@ def test_closing_the_viewer_returns_before_the_step_in_progress_ends(make_napari
                                                                     monkeypatch):
     from napari_cvbm.core.training import TrainingRun
 
-    monkeypatch.setattr(TaskStatusManager, "cancel_all", lambda self: None)
     step = TrainingRun._pretrain_step
 
     def slow_step(self, batch):
@@ -371,14 +376,7 @@ def test_closing_the_viewer_returns_before_the_step_in_progress_ends(make_napari
         return step(self, batch)
 
     monkeypatch.setattr(TrainingRun, "_pretrain_step", slow_step)
-    image, label, _ = sample
-    viewer = make_napari_viewer()
-    viewer.add_image(image.array, name="img")
-    viewer.add_labels(label, name="img labels")
-    widget = dock(viewer)
-    tiny(widget, pretrain=50, selftrain=0)
-    worker = widget.start()
-    qtbot.waitUntil(lambda: len(widget.events_seen) >= 1, timeout=LONG_MS)
+    viewer, worker = _running_fine_tune(make_napari_viewer, sample, qtbot, monkeypatch, pretrain=50)
     viewer.close()
     assert worker.is_running  # close did not wait for the step: the GUI thread stays free
     qtbot.waitUntil(lambda: not worker.is_running, timeout=LONG_MS)

@@ -66,12 +66,18 @@ class Geometry:
         return tuple(s for s in self.spatial_shape if s > 1)
 
     @property
+    def affine(self) -> np.ndarray | None:
+        """NIfTI voxel (x, y, z) -> world transform in the file's unit (nibabel's ``img.affine``), or
+        None for TIFF."""
+        header = self.nifti_header
+        return None if header is None else np.array(header.get_best_affine(), dtype=np.float64)
+
+    @property
     def affine_mm(self) -> np.ndarray | None:
-        """NIfTI voxel (x, y, z) -> world (mm) transform, as nibabel reads it, or None for TIFF."""
-        if self.nifti_header is None:
-            return None
-        affine = np.array(self.nifti_header.get_best_affine(), dtype=np.float64)
-        affine[:3] *= mm_per_unit(self.nifti_header.get_xyzt_units()[0], "header")
+        """:attr:`affine` with the world in mm."""
+        affine = self.affine
+        if affine is not None:
+            affine[:3] *= mm_per_unit(self.unit, "header")
         return affine
 
     def fits(self, array: np.ndarray) -> bool:

@@ -46,8 +46,7 @@ class ImageData:
     @property
     def affine(self) -> np.ndarray | None:
         """The NIfTI voxel-to-world affine in the file's units (nibabel's ``img.affine``), or None."""
-        header = self.geometry.nifti_header if self.geometry else None
-        return None if header is None else np.array(header.get_best_affine(), dtype=np.float64)
+        return self.geometry.affine if self.geometry else None
 
 
 def _extension(path: str | os.PathLike) -> str | None:
@@ -317,7 +316,7 @@ def _nifti_bytes(array: np.ndarray, spacing, affine, geometry: Geometry | None, 
         img.header["cal_min"] = img.header["cal_max"] = 0
         img.header["descrip"] = b"napari-cvbm"
     else:
-        unit = {1e-3: "micron", 1000.0: "meter"}.get(mm_per_unit(geometry.unit if geometry else "mm", ""), "mm")
+        unit = geometry.unit if geometry is not None and geometry.unit in ("micron", "meter") else "mm"  # NIfTI's
         if affine is None:
             voxel = [s / mm_per_unit(unit, "") for s in reversed(spacing)]
             affine = np.diag([*voxel, *[1.0] * (4 - len(spacing))])
@@ -331,9 +330,6 @@ def _nifti_bytes(array: np.ndarray, spacing, affine, geometry: Geometry | None, 
     data = img.to_bytes()
     # Our own gzip (mtime 0, no file name): identical input gives byte-identical files.
     return gzip.compress(data, compresslevel=6, mtime=0) if gz else data
-
-
-_IMAGEJ_UNITS = {1.0: "mm", 1e-3: "micron", 10.0: "cm", 25.4: "inch", 1e-6: "nm", 1000.0: "m"}
 
 
 def _check_tiff_can_hold(geometry: Geometry | None, path: Path) -> None:
@@ -353,12 +349,11 @@ def _write_tiff(file, array: np.ndarray, spacing, geometry: Geometry | None) -> 
     """An ImageJ TIFF of ``array`` in the source's unit (mm without a geometry)."""
     import tifffile
 
-    unit = geometry.unit if geometry is not None else "mm"
-    factor = mm_per_unit(unit, "")
-    spacing = [s / factor for s in spacing]
+    unit = geometry.unit if geometry is not None else "mm"  # canonical (core.geometry), None: pixels
+    spacing = [s / mm_per_unit(unit, "") for s in spacing]
     if array.dtype not in (np.uint8, np.uint16, np.float32):  # what ImageJ TIFF can hold
         array = array.astype(np.float32)  # exact: write_image checked |values| <= 2**24
-    metadata = {"axes": "ZYX" if array.ndim == 3 else "YX", "unit": _IMAGEJ_UNITS[factor] if unit else "pixel"}
+    metadata = {"axes": "ZYX" if array.ndim == 3 else "YX", "unit": unit or "pixel"}
     if array.ndim == 3:
         metadata["spacing"] = float(spacing[0])
     tifffile.imwrite(

@@ -354,9 +354,9 @@ class TrainingRun:
     def _validate(self) -> float:
         """Mean fg-head Dice over the validation cases; keeps the best weights (spec 6)."""
         cfg = self.config
-        scores = []
+        scores, predictor = [], Predictor(self.model, cfg)
         for case in self.validation:
-            pred = Predictor(self.model, cfg)(case.image, heads="fg", device=self.device, amp=cfg.amp)
+            pred = predictor(case.image, heads="fg", device=self.device, amp=cfg.amp)
             scores.append(dice_score(pred.labels, case.label, cfg.num_classes))
         dice = float(np.mean(scores))
         if dice > self.best_dice:
