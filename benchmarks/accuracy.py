@@ -34,10 +34,10 @@ from napari_cvbm.console import train_with_progress
 from napari_cvbm.core.classes import infer_num_classes
 from napari_cvbm.core.config import parse_setting, preset
 from napari_cvbm.core.data import Case, load_cases
-from napari_cvbm.core.inference import combine_views
 from napari_cvbm.core.metrics import evaluate_cases, format_table, summarize, write_csv
 from napari_cvbm.core.predictor import Predictor
 from napari_cvbm.core.training import TrainingRun
+from napari_cvbm.core.views import SCORED_VIEWS, view_probabilities
 
 HOLDOUT, SELECTION = 16, 4
 # cpu scale in 3D (LA): the `cpu` preset with larger patches and more iterations, on half-resolution volumes
@@ -110,7 +110,7 @@ def evaluate(model, eval_cases, config, views, factor=1.0):
         pred = predictor(_zoom_image(case.image, factor), heads="all" if config.background_branch else "fg",
                          amp=config.amp)
         for view in views:
-            probs = pred.bg if view == "bg" else combine_views(view, pred.fg, pred.bg, pred.mix)
+            probs = view_probabilities(view, pred.fg, pred.bg, pred.mix)
             results[view].append((case.name, _to_shape(probs, case.label.shape).argmax(0), case.label, None))
     return {view: evaluate_cases(rows, config.num_classes) for view, rows in results.items()}
 
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
               "results": {}}
     args.out.mkdir(parents=True, exist_ok=True)
     for name, model in models.items():
-        views = ("fg", "mix", "avg", "bg") if name == "cvbm" else ("fg",)
+        views = SCORED_VIEWS if name == "cvbm" else ("fg",)
         for view, rows in evaluate(model, eval_cases, config, views, factor).items():
             key = f"{name} {view}"
             summary = summarize(rows)

@@ -107,23 +107,23 @@ def main(argv=None) -> int:
     _, widget = viewer.window.add_plugin_dock_widget("napari-cvbm", "Fine-tune with unlabeled data")
     app = QApplication.instance()
     draws = []
-    timed(widget.loss_plot.canvas, "draw", draws)  # the loss plot's rendering, on the GUI thread
+    timed(widget.progress.loss_plot.canvas, "draw", draws)  # the loss plot's rendering, on the GUI thread
     ping(app, 1.0)  # let the window settle
     viewer.reset_view()
     ping(app, 1.0)
     baseline = ping(app, args.baseline_seconds)
 
-    widget.pretrain.setValue(args.pretrain)
-    widget.selftrain.setValue(args.selftrain)
+    widget.settings.fields["pretrain_iterations"].value = args.pretrain
+    widget.settings.fields["selftrain_iterations"].value = args.selftrain
     if widget.start() is None:
-        print("fine-tune did not start:", widget.status.text(), file=sys.stderr)
+        print("fine-tune did not start:", widget.status.message, file=sys.stderr)
         return 1
-    ping(app, 600, stop_when=lambda: widget.events_seen or not widget.running)  # data prep + first step
-    started, before = time.perf_counter(), len(widget.events_seen)
+    ping(app, 600, stop_when=lambda: widget.status.history or not widget.running)  # data prep + first step
+    started, before = time.perf_counter(), len(widget.status.history)
     draws.clear()
     training = ping(app, args.train_seconds, stop_when=lambda: not widget.running)
     seconds = time.perf_counter() - started
-    steps = len(widget.events_seen) - before
+    steps = len(widget.status.history) - before
     plot_draws = summary(draws[:] or [0.0])
     if args.screenshot and widget.running:
         args.screenshot.parent.mkdir(parents=True, exist_ok=True)

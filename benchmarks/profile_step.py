@@ -22,15 +22,10 @@ from speed import _cases, conv_limit
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from napari_cvbm.core.acceleration import (
-    autocast,
-    autocast_dtype,
-    precision_name,
-    seconds_per_call,
-    training_step_seconds,
-)
+from napari_cvbm.core.acceleration import seconds_per_call, training_step_seconds
 from napari_cvbm.core.checkpoint import build_model
 from napari_cvbm.core.config import preset
+from napari_cvbm.core.device import autocast, autocast_dtype, precision_name
 from napari_cvbm.core.training import TrainingRun
 
 SHAPES = {3: (48, 64, 64), 2: (8, 160, 160)}  # the volumes speed.py trains on

@@ -16,11 +16,12 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from napari_cvbm.core.acceleration import autocast, autocast_dtype, precision_name, seconds_per_call
+from napari_cvbm.core.acceleration import seconds_per_call
 from napari_cvbm.core.checkpoint import build_model
 from napari_cvbm.core.config import preset
 from napari_cvbm.core.data import make_case
-from napari_cvbm.core.inference import choose_device, predict
+from napari_cvbm.core.device import autocast, autocast_dtype, choose_device, precision_name
+from napari_cvbm.core.inference import predict
 from napari_cvbm.core.training import TrainingRun
 
 CONV_SHAPES = {  # (channels, input shape): layers like the networks' own, from wide-shallow to narrow-deep

@@ -30,6 +30,18 @@ def _given_settings(args) -> dict:
 
 
 CHANNEL_HELP = "for 4D images (several channels or time frames): the one to use, from 0"
+THREADS_HELP = ("CPU threads (default: OMP_NUM_THREADS if set, else the cores other processes leave free, "
+                "looked at again while training; see docs/PERFORMANCE.md)")
+
+
+def _use_threads(args, say) -> int:
+    """Apply the CPU thread policy (``core/threads.py``) with the user's ``--threads``; says the count."""
+    from .core.threads import explicit_threads, use_training_threads
+
+    threads = use_training_threads(background=False, threads=args.threads)
+    source = "--threads" if args.threads is not None else "OMP_NUM_THREADS" if explicit_threads() else "free cores"
+    say(f"CPU threads: {threads} ({source})")
+    return threads
 
 
 def cmd_train(args) -> int:
@@ -71,6 +83,7 @@ def _train(args) -> int:
     given = _given_settings(args)
     if not args.resume:  # the whole configuration is checked before any data is read
         config = preset(args.preset or "cpu", given.get("dim", 3), **given)
+    threads = _use_threads(args, say)
     labeled = load_cases(args.images, args.labels, given.get("num_classes"), annotated_dir=args.annotated,
                          channel=args.channel)
     if not labeled:
@@ -96,7 +109,7 @@ def _train(args) -> int:
             f"{layout} {1000 * seconds:.1f} ms" for layout, seconds in run.layout_seconds.items()) + " a step")
     if distributed.is_distributed():
         say(f"distributed: {distributed.world_size()} processes, each sampling its own patches")
-    train_with_progress(run, show=main_process)
+    train_with_progress(run, show=main_process, threads=args.threads, current=threads)
     if distributed.is_distributed():
         agree = all(distributed.weights_agree(m, run.device) for m in (run.model, run.teacher) if m is not None)
         say(f"ranks hold identical student and teacher weights: {'yes' if agree else 'NO'}")
@@ -132,6 +145,7 @@ def cmd_predict(args) -> int:
     from .core.outputs import check_outputs, check_writable
     from .core.predictor import Predictor
 
+    _use_threads(args, print)
     predictor = Predictor.load(args.model)
     source = Path(args.input)
     files = [source] if source.is_file() else list_images(source)
@@ -228,6 +242,13 @@ def cmd_gui(args) -> int:
     return launch()
 
 
+def _add_compute_options(p: argparse.ArgumentParser) -> None:
+    """What a command computes on and reads: --device, --channel, --threads."""
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--channel", type=int, help=CHANNEL_HELP)
+    p.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cvbm", description="CVBM semi-supervised segmentation (headless).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -251,8 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "iteration counts, validate_every, checkpoint_every, amp, compile, channels_last")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the checkpoints of an earlier run in --out (default: refuse)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument("--channel", type=int, help=CHANNEL_HELP)
+    _add_compute_options(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("predict", help="segment an image or a folder of images")
@@ -266,10 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=(".nii.gz", ".nii", ".tif", ".tiff"), help="output format (default: input's)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing outputs (default: refuse; an input is never replaced)")
-    p.add_argument("--device", default="auto")
     p.add_argument("--float32", action="store_true",
                    help="float32 throughout (default: bfloat16 mixed precision on GPUs and CPUs that support it)")
-    p.add_argument("--channel", type=int, help=CHANNEL_HELP)
+    _add_compute_options(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="Dice, Jaccard, 95HD and ASD of predictions against labels")

@@ -1,8 +1,11 @@
 """Training progress on a terminal: the CLI, the demo, the benchmarks and the scripts consume a
 run's progress events through these, the same way the widgets consume them in napari."""
 
+from typing import Optional
+
 from tqdm import tqdm
 
+from .core.threads import adapt_threads
 from .core.training import PHASE_NAMES
 
 
@@ -28,7 +31,9 @@ def progress_bars(events):
             bar.close()
 
 
-def train_with_progress(run, show: bool = True):
-    """Drive a TrainingRun to the end, with progress bars when ``show``."""
-    for _ in progress_bars(run.events()) if show else run.events():
+def train_with_progress(run, show: bool = True, threads: Optional[int] = None, current: Optional[int] = None):
+    """Drive a TrainingRun to the end, with progress bars when ``show``, on the CPU threads of
+    ``core/threads.py`` (``threads``: the user's ``--threads``; ``current``: a count already applied)."""
+    events = adapt_threads(run.events(), background=False, threads=threads, current=current)
+    for _ in progress_bars(events) if show else events:
         pass

@@ -15,11 +15,11 @@ from .core.classes import infer_num_classes
 from .core.config import preset
 from .core.data import load_cases
 from .core.errors import CVBMInputError
-from .core.inference import OUTPUT_MODES, combine_views
 from .core.io import write_image
 from .core.metrics import dice_score
 from .core.predictor import Predictor
 from .core.training import TrainingRun
+from .core.views import SCORED_VIEWS, view_probabilities
 
 
 def sample_data_dir(path=None) -> Path:
@@ -39,7 +39,7 @@ def load_sample_cases(folder: Path) -> tuple[list, list, list]:
     return labeled, unlabeled, test
 
 
-def evaluate_outputs(model, cases, config, views=("fg",) + OUTPUT_MODES[1:] + ("bg",)) -> Dict[str, dict]:
+def evaluate_outputs(model, cases, config, views=SCORED_VIEWS) -> Dict[str, dict]:
     """Per-view Dice (mean over cases) and the predictions, one full forward per case."""
     scores = {v: [] for v in views}
     predictions, predictor = {}, Predictor(model, config)
@@ -47,7 +47,7 @@ def evaluate_outputs(model, cases, config, views=("fg",) + OUTPUT_MODES[1:] + ("
         pred = predictor(case.image, heads="fg" if views == ("fg",) else "all")
         predictions[case.name] = pred
         for view in views:
-            probs = pred.bg if view == "bg" else combine_views(view, pred.fg, pred.bg, pred.mix)
+            probs = view_probabilities(view, pred.fg, pred.bg, pred.mix)
             scores[view].append(dice_score(probs.argmax(0), case.label, config.num_classes))
     return {"dice": {v: float(np.mean(s)) for v, s in scores.items()}, "predictions": predictions}
 

@@ -1,3 +1,5 @@
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -28,3 +30,44 @@ def tiny_config():
     """The cpu preset shrunk to a few fast iterations."""
     return preset("cpu", 3, width=4, patch_size=(32, 32, 32), pretrain_iterations=4,
                   selftrain_iterations=4, validate_every=2, checkpoint_every=2)
+
+
+@pytest.fixture
+def store(monkeypatch):
+    """A fresh model store shared by the widgets, whose active model is the bundled starter."""
+    from napari_cvbm.gui import models
+
+    fresh = models.ModelStore()
+    monkeypatch.setattr(models, "MODEL_STORE", fresh)
+    return fresh
+
+
+@contextlib.contextmanager
+def _recording(convert):
+    """A list that receives ``convert(notification)`` for each napari notification shown meanwhile."""
+    from napari.utils.notifications import notification_manager
+
+    seen = []
+
+    def record(notification):
+        seen.append(convert(notification))
+
+    notification_manager.notification_ready.connect(record)
+    try:
+        yield seen
+    finally:
+        notification_manager.notification_ready.disconnect(record)
+
+
+@pytest.fixture
+def notifications():
+    """The napari notifications shown during the test."""
+    with _recording(lambda notification: notification) as seen:
+        yield seen
+
+
+@pytest.fixture
+def notes():
+    """The messages of the napari notifications shown during the test."""
+    with _recording(lambda notification: str(notification.message)) as seen:
+        yield seen

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_cvbm.core import acceleration
+from napari_cvbm.core import acceleration, device
 from napari_cvbm.core.checkpoint import load_model
 from napari_cvbm.core.inference import predict
 from napari_cvbm.core.io import read_image, read_labels
@@ -41,21 +41,21 @@ def test_channels_last_trains_the_same(tiny_cases, tiny_config):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_cpu_autocasts_to_bfloat16_only_with_native_support(monkeypatch, native):
-    monkeypatch.setattr(acceleration, "cpu_has_native_bfloat16", lambda: native)
+    monkeypatch.setattr(device, "cpu_has_native_bfloat16", lambda: native)
     cpu = torch.device("cpu")
-    assert acceleration.autocast_dtype(cpu) == (torch.bfloat16 if native else None)
+    assert device.autocast_dtype(cpu) == (torch.bfloat16 if native else None)
     assert acceleration.GradientStep(cpu, amp=True).scaler is None  # bfloat16 needs no loss scaling
     conv = torch.nn.Conv2d(1, 2, 3)
-    with acceleration.autocast(cpu):
+    with device.autocast(cpu):
         assert conv(torch.ones(1, 1, 5, 5)).dtype == (torch.bfloat16 if native else torch.float32)
-    with acceleration.autocast(cpu, enabled=False):
+    with device.autocast(cpu, enabled=False):
         assert conv(torch.ones(1, 1, 5, 5)).dtype == torch.float32
 
 
 def test_bfloat16_training_on_cpu_follows_float32(monkeypatch, tiny_cases, tiny_config):
     """Mixed-precision steps (forced on here, so that any CPU runs them) give the float32 losses
     to bfloat16 accuracy, and the weights stay float32."""
-    monkeypatch.setattr(acceleration, "cpu_has_native_bfloat16", lambda: True)
+    monkeypatch.setattr(device, "cpu_has_native_bfloat16", lambda: True)
     config = dataclasses.replace(tiny_config, pretrain_iterations=3, selftrain_iterations=3)
     exact = _losses(dataclasses.replace(config, amp=False), tiny_cases)
     run = TrainingRun(config, *tiny_cases)
@@ -85,7 +85,7 @@ def test_bfloat16_inference_matches_float32(monkeypatch):
     image = read_image(SAMPLE_TEST / "images" / "case_012.nii.gz").array
     reference = read_labels(SAMPLE_TEST / "labels" / "case_012.nii.gz").array
     model, config = load_model(STARTER)
-    monkeypatch.setattr(acceleration, "cpu_has_native_bfloat16", lambda: True)
+    monkeypatch.setattr(device, "cpu_has_native_bfloat16", lambda: True)
     exact, mixed = (predict(model, image, patch_size=config.patch_size, device="cpu", amp=amp) for amp in (False, True))
     assert not np.array_equal(exact.fg, mixed.fg)  # the bfloat16 path really ran
     assert np.abs(exact.fg - mixed.fg).max() < 0.1
@@ -95,7 +95,7 @@ def test_bfloat16_inference_matches_float32(monkeypatch):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_automatic_layout_is_channels_last_only_for_3d_float32_on_cpu(monkeypatch, tiny_cases, tiny_config, native):
-    monkeypatch.setattr(acceleration, "cpu_has_native_bfloat16", lambda: native)
+    monkeypatch.setattr(device, "cpu_has_native_bfloat16", lambda: native)
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert acceleration.use_channels_last(None, 3, cpu, amp=True) is not native  # bfloat16: contiguous
     assert acceleration.use_channels_last(None, 3, cpu, amp=False)

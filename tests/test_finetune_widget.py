@@ -6,7 +6,6 @@ import time
 import numpy as np
 import pytest
 import torch
-from napari.utils.notifications import notification_manager
 from napari.utils.task_status import TaskStatusManager
 from qtpy.QtCore import QThreadPool, QTimer
 from qtpy.QtWidgets import QFileDialog
@@ -16,34 +15,13 @@ from napari_cvbm.core.config import preset
 from napari_cvbm.core.errors import CVBMNotice
 from napari_cvbm.core.inference import predict
 from napari_cvbm.core.io import read_image, read_labels
-from napari_cvbm.gui import models
 from napari_cvbm.gui.finetune import FineTuneWidget
+from napari_cvbm.gui.widgets.training_settings import START_ACTIVE, START_NEW_2D, START_NEW_3D
 from napari_cvbm.synthetic import SAMPLE_DATA
 
 SAMPLE = SAMPLE_DATA
 WIDGET = ("napari-cvbm", "Fine-tune with unlabeled data")
 LONG_MS = 120_000
-
-
-@pytest.fixture
-def store(monkeypatch):
-    """A fresh model store whose active model is the bundled starter."""
-    fresh = models.ModelStore()
-    monkeypatch.setattr(models, "MODEL_STORE", fresh)
-    return fresh
-
-
-@pytest.fixture
-def notes():
-    """Messages of the napari notifications shown during the test."""
-    seen = []
-
-    def record(notification):
-        seen.append(str(notification.message))
-
-    notification_manager.notification_ready.connect(record)
-    yield seen
-    notification_manager.notification_ready.disconnect(record)
 
 
 @pytest.fixture
@@ -74,8 +52,8 @@ def dock(viewer) -> FineTuneWidget:
 
 
 def tiny(widget, pretrain=3, selftrain=3):
-    widget.pretrain.setValue(pretrain)
-    widget.selftrain.setValue(selftrain)
+    widget.settings.fields["pretrain_iterations"].value = pretrain
+    widget.settings.fields["selftrain_iterations"].value = selftrain
 
 
 def state_of(model):
@@ -84,12 +62,12 @@ def state_of(model):
 
 def test_reports_edited_slices_and_fine_tunes(viewer, store, qtbot):
     widget = dock(viewer)
-    assert widget.update_summary() == "case_001 segmentation: slices 20–21, 30 count as labeled (3 of 48)"
-    assert [item.name for item in widget.checked_unlabeled()] == ["case_004"]
+    assert widget.data.update_summary() == "case_001 segmentation: slices 20–21, 30 count as labeled (3 of 48)"
+    assert [item.name for item in widget.data.checked_unlabeled()] == ["case_004"]
 
     # painting another slice is picked up through the layer's events
     viewer.layers["case_001 segmentation"].paint((40, 60, 60), 1, refresh=True)
-    qtbot.waitUntil(lambda: "slices 20–21, 30, 40 count as labeled (4 of 48)" in widget.summary.text())
+    qtbot.waitUntil(lambda: "slices 20–21, 30, 40 count as labeled (4 of 48)" in widget.data.summary.text())
 
     previous = store.active
     before = state_of(store.get()[0])
@@ -97,24 +75,25 @@ def test_reports_edited_slices_and_fine_tunes(viewer, store, qtbot):
     ticks = []
     timer = QTimer(interval=20, timeout=lambda: ticks.append(time.perf_counter()))
     timer.start()
-    worker = widget.start()
-    assert worker.pbar.total == 6  # napari's activity dock shows the run's progress
+    assert widget.start() is not None
+    bar = widget.runner.pbar
+    assert bar.total == 6  # napari's activity dock shows the run's progress
     qtbot.waitUntil(lambda: not widget.running, timeout=LONG_MS)
     timer.stop()
-    assert worker.pbar.n == 6
+    assert bar.n == 6 and widget.runner.pbar is None
     assert np.percentile(np.diff(ticks), 99) < 1.0  # the GUI thread kept running while it trained
 
-    assert [e.phase for e in widget.events_seen] == ["pretrain"] * 3 + ["selftrain"] * 3
+    assert [e.phase for e in widget.status.history] == ["pretrain"] * 3 + ["selftrain"] * 3
     assert store.active == "fine-tuned 1" and store.active != previous
     model, config = store.get()
     assert config.num_classes == 2 and config.pretrain_iterations == 3
     after = model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
-    assert widget.progress.value() == widget.progress.maximum() == 6
-    assert len(widget.loss_plot.series["total"][0]) == 6
-    qtbot.waitUntil(lambda: widget.loss_plot.redraws >= 1)
-    assert "fine-tuned 1" in widget.status.text()
-    assert widget.phase_label.text().endswith(f"min on cpu ({widget.run.precision})")  # where and how it ran
+    assert widget.progress.progress.value() == widget.progress.progress.maximum() == 6
+    assert len(widget.progress.loss_plot.series["total"][0]) == 6
+    qtbot.waitUntil(lambda: widget.progress.loss_plot.redraws >= 1)
+    assert "fine-tuned 1" in widget.status.message == widget.progress.message.text()
+    assert widget.progress.detail.text().endswith(f"min on cpu ({widget.run.precision})")  # where and how it ran
     # only the 4 counted slices were annotated in the training case
     case = widget.run.labeled.cases[0]
     np.testing.assert_array_equal(np.flatnonzero(case.annotated.any((1, 2))), [20, 21, 30, 40])
@@ -125,15 +104,15 @@ def test_cancel_keeps_the_previous_model(viewer, store, qtbot):
     previous = store.active
     tiny(widget, pretrain=500, selftrain=500)
     widget.start()
-    qtbot.waitUntil(lambda: len(widget.events_seen) >= 1, timeout=LONG_MS)
-    seen, step = len(widget.events_seen), widget.run.iteration
+    qtbot.waitUntil(lambda: len(widget.status.history) >= 1, timeout=LONG_MS)
+    seen, step = len(widget.status.history), widget.run.iteration
     widget.cancel()
     qtbot.waitUntil(lambda: not widget.running, timeout=LONG_MS)
 
-    assert len(widget.events_seen) - seen <= 1
+    assert len(widget.status.history) - seen <= 1
     assert widget.run.iteration - step <= 1  # stopped within the step in progress
     assert store.active == previous and not any(n.startswith("fine-tuned") for n in store.names())
-    assert widget.status.text().startswith("Cancelled at Teacher pre-training")
+    assert widget.progress.message.text().startswith("Cancelled at Teacher pre-training")
     model, config = store.get()  # still usable
     assert predict(model, np.zeros((32, 48, 48), np.float32), patch_size=config.patch_size).labels.shape == (32, 48, 48)
 
@@ -147,7 +126,7 @@ def test_edits_during_training_change_nothing_and_second_start_is_refused(viewer
     first = widget.start()
     assert first is not None and not widget.start_button.isEnabled()
     assert widget.start() is None  # refused while running
-    assert widget.worker is first and any("already running" in n for n in notes)
+    assert widget.runner.worker is first and any("already running" in n for n in notes)
     labels.data[:] = 0  # the user keeps editing while the network trains
     viewer.layers["case_001"].data[:] = 0
     labels.refresh()
@@ -157,7 +136,7 @@ def test_edits_during_training_change_nothing_and_second_start_is_refused(viewer
     np.testing.assert_array_equal(case.label, expected_label)
     assert case.image.std() > 0.5 and expected_image.std() > 0  # normalised copy of the original image
     assert np.flatnonzero(case.annotated.any((1, 2))).tolist() == [20, 21, 30]
-    assert len(widget.events_seen) == 2 and widget.start_button.isEnabled()
+    assert len(widget.status.history) == 2 and widget.start_button.isEnabled()
 
 
 def _running_fine_tune(make_napari_viewer, sample, qtbot, monkeypatch, pretrain):
@@ -171,7 +150,7 @@ def _running_fine_tune(make_napari_viewer, sample, qtbot, monkeypatch, pretrain)
     widget = dock(viewer)
     tiny(widget, pretrain=pretrain, selftrain=0)
     worker = widget.start()
-    qtbot.waitUntil(lambda: len(widget.events_seen) >= 1, timeout=LONG_MS)
+    qtbot.waitUntil(lambda: len(widget.status.history) >= 1, timeout=LONG_MS)
     return viewer, worker
 
 
@@ -197,18 +176,18 @@ def test_bad_inputs_are_notified(make_napari_viewer, store, sample, notes, tmp_p
 
     unchanged = viewer.add_labels(label, name="seg", metadata={"cvbm_source": "img", "cvbm_original": label.copy()})
     assert widget.start() is None and "nothing was corrected" in notes[-1]
-    assert "seg: nothing was corrected" in widget.update_summary()
+    assert "seg: nothing was corrected" in widget.data.update_summary()
     viewer.layers.remove(unchanged)
 
     viewer.add_labels(label[:40], name="short")
     assert widget.start() is None and "choose the image" in notes[-1]
-    widget.rows[0].image.setCurrentIndex(1)
+    widget.data.rows[0].image.value = viewer.layers["img"]
     assert widget.start() is None and "must match" in notes[-1]
 
     viewer.layers.clear()
     viewer.add_image(image.array, name="img")
     viewer.add_labels(label * 3, name="three")
-    widget.complete.setChecked(True)
+    widget.data.complete.setChecked(True)
     assert widget.start() is None and "classes" in notes[-1]
 
     viewer.layers.clear()
@@ -219,16 +198,16 @@ def test_bad_inputs_are_notified(make_napari_viewer, store, sample, notes, tmp_p
     bad = tmp_path / "broken.pt"
     bad.write_bytes(b"not a checkpoint")
     active = store.active
-    assert widget.load_model(bad) is None and "broken.pt" in notes[-1] and store.active == active
+    assert widget.model_panel.load_model(bad) is None and "broken.pt" in notes[-1] and store.active == active
     assert not widget.running
 
 
 def test_save_and_load_model(make_napari_viewer, store, tmp_path):
     widget = dock(make_napari_viewer())
-    path = widget.save_model(tmp_path / "model.pt")
+    path = widget.model_panel.save_model(tmp_path / "model.pt")
     model, config = load_model(path)  # what `cvbm predict` reads
     assert config == store.get()[1]
-    assert widget.load_model(path) == "file: model.pt" == store.active
+    assert widget.model_panel.load_model(path) == "file: model.pt" == store.active
 
 
 def test_save_model_never_replaces_a_file_unasked(make_napari_viewer, store, tmp_path, notes, monkeypatch):
@@ -239,65 +218,65 @@ def test_save_model_never_replaces_a_file_unasked(make_napari_viewer, store, tmp
         raise OSError(errno.ENOSPC, "No space left on device")
 
     widget = dock(make_napari_viewer())
-    path = widget.save_model(tmp_path / "model.pt")
+    path = widget.model_panel.save_model(tmp_path / "model.pt")
     before, inode = path.read_bytes(), path.stat().st_ino
-    assert widget.save_model(path) is None and f"{path} already exists" in notes[-1]
+    assert widget.model_panel.save_model(path) is None and f"{path} already exists" in notes[-1]
     dialog_returns(tmp_path / "model")  # Qt asked about "model", not about the "model.pt" it becomes
-    widget._save_dialog()
+    widget.model_panel._save_dialog()
     assert f"{path} already exists" in notes[-1] and path.stat().st_ino == inode
 
     dialog_returns(path)  # the user picked model.pt and confirmed Qt's "replace?"
     real_save = torch.save
     monkeypatch.setattr(torch, "save", disk_full)
-    widget._save_dialog()
+    widget.model_panel._save_dialog()
     assert f"{path}: No space left on device" in notes[-1] and path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temp file left
     monkeypatch.setattr(torch, "save", real_save)
-    widget._save_dialog()
+    widget.model_panel._save_dialog()
     assert path.stat().st_ino != inode and load_model(path)[1] == store.get()[1]
 
 
 def test_new_network_settings_and_2d_training(viewer, store, qtbot):
     widget = dock(viewer)
-    widget.start_from.setCurrentIndex(0)  # the active model fixes the network shape
-    assert not widget.patch.isEnabled()
-    config, weights = widget.training_config()
+    widget.settings.start_from.value = START_ACTIVE  # the active model fixes the network shape
+    assert not widget.settings.fields["patch_size"].enabled
+    config, weights = widget.settings.training_config()
     assert config.patch_size == store.get()[1].patch_size and weights is not None
 
-    widget.start_from.setCurrentIndex(2)  # new 2D network
-    assert widget.patch.isEnabled() and widget.patch.text() == "128, 128"
-    widget.width_.setValue(8)
-    config, weights = widget.training_config(num_classes=3)
+    widget.settings.start_from.value = START_NEW_2D
+    assert widget.settings.fields["patch_size"].enabled and widget.settings.fields["patch_size"].value == "128, 128"
+    widget.settings.fields["width"].value = 8
+    config, weights = widget.settings.training_config(num_classes=3)
     assert (config.dim, config.width, config.num_classes, config.slice_size, weights) == (2, 8, 3, (128, 128), None)
 
-    widget.patch.setText("32, 32")
-    widget.width_.setValue(4)
-    widget.batch.setValue(2)
+    widget.settings.fields["patch_size"].value = "32, 32"
+    widget.settings.fields["width"].value = 4
+    widget.settings.fields["batch_labeled"].value = 2
     tiny(widget, 2, 2)
     widget.start()
     qtbot.waitUntil(lambda: not widget.running, timeout=LONG_MS)
     model, config = store.get()
     assert store.active == "fine-tuned 1" and (config.dim, config.slice_size, config.width) == (2, (32, 32), 4)
-    assert widget.patch.text() == "32, 32"  # the user's settings survive the model change
+    assert widget.settings.fields["patch_size"].value == "32, 32"  # the user's settings survive the model change
 
 
 def test_folders_on_disk(make_napari_viewer, store, qtbot, notes):
     widget = dock(make_napari_viewer())
-    widget.source.setCurrentText("Folders on disk")
+    widget.data.source.setCurrentText("Folders on disk")
     assert widget.start() is None and "choose the folders" in notes[-1]
-    widget.folders["images"].setText(str(SAMPLE / "labeled" / "images"))
-    widget.folders["labels"].setText(str(SAMPLE / "labeled" / "labels"))
-    widget.folders["unlabeled"].setText(str(SAMPLE / "unlabeled" / "images"))
+    widget.data.folders["images"].setText(str(SAMPLE / "labeled" / "images"))
+    widget.data.folders["labels"].setText(str(SAMPLE / "labeled" / "labels"))
+    widget.data.folders["unlabeled"].setText(str(SAMPLE / "unlabeled" / "images"))
     tiny(widget, 1, 1)
     widget.start()
     qtbot.waitUntil(lambda: not widget.running, timeout=LONG_MS)
     assert [c.name for c in widget.run.labeled.cases] == ["case_001", "case_002", "case_003"]
     assert len(widget.run.unlabeled.cases) == 8 and store.active == "fine-tuned 1"
 
-    widget.folders["labels"].setText(str(SAMPLE / "nowhere"))
+    widget.data.folders["labels"].setText(str(SAMPLE / "nowhere"))
     widget.start()
     qtbot.waitUntil(lambda: not widget.running, timeout=LONG_MS)
-    assert "nowhere" in notes[-1] and widget.status.text().startswith("Not trained")
+    assert "nowhere" in notes[-1] and widget.status.message.startswith("Not trained")
 
 
 def test_labels_file_elsewhere_in_space_than_its_image_is_refused(make_napari_viewer, store, notes, tmp_path):
@@ -316,7 +295,7 @@ def test_labels_file_elsewhere_in_space_than_its_image_is_refused(make_napari_vi
     viewer.open(str(tmp_path / "scan.nii.gz"), plugin="napari-cvbm")
     viewer.open(str(tmp_path / "labels" / "scan.nii.gz"), plugin="napari-cvbm", layer_type="labels")
     widget = dock(viewer)
-    widget.complete.setChecked(True)
+    widget.data.complete.setChecked(True)
     assert widget.start() is None and "origin differs by 66 mm" in notes[-1]
 
 
@@ -327,10 +306,10 @@ def test_binary_mask_layer_is_one_class(make_napari_viewer, store, sample, qtbot
     viewer.add_image(image.array, name="img", scale=image.spacing)
     viewer.add_labels(label * 255, name="mask", scale=image.spacing)
     widget = dock(viewer)
-    widget.complete.setChecked(True)
-    widget.start_from.setCurrentText("new 3D network")  # the classes come from the labels
-    widget.patch.setText("32, 32, 32")
-    widget.width_.setValue(4)
+    widget.data.complete.setChecked(True)
+    widget.settings.start_from.value = START_NEW_3D  # the classes come from the labels
+    widget.settings.fields["patch_size"].value = "32, 32, 32"
+    widget.settings.fields["width"].value = 4
     tiny(widget, 1, 1)
     with pytest.warns(CVBMNotice, match="foreground stored as 255 .* in 1 labels layer: read as class 1"):
         widget.start()
@@ -343,12 +322,12 @@ def test_diverging_fine_tune_is_a_failure_and_keeps_the_model(viewer, store, qtb
     widget = dock(viewer)
     previous, before = store.active, state_of(store.get()[0])
     tiny(widget, pretrain=3, selftrain=3)
-    widget.lr.setMaximum(1e9)  # past the field's range, to force a diverging run
-    widget.lr.setValue(1e6)
+    widget.settings.fields["lr"].max = 1e9  # past the field's range, to force a diverging run
+    widget.settings.fields["lr"].value = 1e6
     widget.start()
     qtbot.waitUntil(lambda: not widget.running, timeout=LONG_MS)
     assert "training diverged" in notes[-1] and "lr=1e+06" in notes[-1]
-    assert widget.status.text().startswith("Not trained: training diverged")
+    assert widget.progress.message.text().startswith("Not trained: training diverged")
     assert store.active == previous and not any(n.startswith("fine-tuned") for n in store.names())
     assert all(torch.equal(before[k], v) for k, v in store.get()[0].state_dict().items())
 
@@ -382,3 +361,59 @@ def test_closing_the_viewer_returns_before_the_step_in_progress_ends(make_napari
     qtbot.waitUntil(lambda: not worker.is_running, timeout=LONG_MS)
     assert QThreadPool.globalInstance().waitForDone(10_000)
     assert not any(n.startswith("fine-tuned") for n in store.names())
+
+
+def test_the_status_is_the_jobs_one_source_of_truth(viewer, store, qtbot):
+    """Panels only display the status; its state goes preparing -> running -> done, in the GUI thread."""
+    widget = dock(viewer)
+    states = []
+    widget.status.events.state.connect(lambda state: states.append(state.value))
+    tiny(widget, pretrain=2, selftrain=1)
+    widget.start()
+    assert widget.running and not widget.start_button.isEnabled() and widget.cancel_button.isEnabled()
+    qtbot.waitUntil(lambda: not widget.running, timeout=LONG_MS)
+    assert states == ["preparing", "running", "done"]
+    assert widget.progress.loss_plot.axes.get_xlim() == (0.0, 3.0)  # cleared for this run
+    assert widget.status.step == 3 and widget.progress.progress.value() == 3
+    assert widget.status.run is widget.run and widget.run.phase == "done"
+    assert widget.progress.detail.text() == widget.status.detail and widget.status.detail.startswith("Done: 3 steps")
+    assert widget.start_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+
+def test_layer_pickers_follow_the_layer_list(viewer, store, qtbot):
+    widget = dock(viewer)
+    row = widget.data.rows[0]
+    image = viewer.layers["case_001"]
+    assert row.layers() == (image, viewer.layers["case_001 segmentation"])
+    image.name = "renamed scan"  # napari calls reset_choices: the picker shows the new name
+    assert row.image.native.currentText() == "renamed scan" and row.image.value is image
+    assert [item.text() for item in widget.data._unlabeled_items()] == ["renamed scan", "case_004"]
+    viewer.add_labels(np.zeros((4, 8, 8), np.uint8), name="new labels")  # a new labels layer gets its own pair
+    assert [r.labels.value.name for r in widget.data.rows] == ["case_001 segmentation", "new labels"]
+    viewer.layers.remove("new labels")
+    assert len(widget.data.rows) == 1
+    viewer.layers.remove(image)
+    assert row.layers() == (None, viewer.layers["case_001 segmentation"])
+    assert [row.image.native.itemText(i) for i in range(row.image.native.count())] == ["-----", "case_004"]
+
+
+def test_advanced_form_is_generated_from_train_config(make_napari_viewer, store):
+    from napari_cvbm.core.config import RANGES
+    from napari_cvbm.gui.widgets.training_settings import ADVANCED, SPIN_HINTS
+
+    widget = dock(make_napari_viewer())
+    fields = widget.settings.fields
+    assert list(fields) == list(ADVANCED)
+    for name, field in fields.items():
+        if name in RANGES:  # the range's lower end, unless a display bound is narrower
+            assert field.min == SPIN_HINTS.get(name, {}).get("min", RANGES[name].low), name
+    widget.settings.start_from.value = START_NEW_3D
+    fields["pretrain_iterations"].value = 7
+    fields["batch_labeled"].value = 6
+    fields["patch_size"].value = "32 x 64 x 48"
+    config, _ = widget.settings.training_config()
+    assert (config.pretrain_iterations, config.batch_labeled, config.batch_unlabeled, config.patch_size) == \
+        (7, 6, 6, (32, 64, 48))
+    fields["patch_size"].value = "32, 64"
+    with pytest.raises(Exception, match="patch size must be 3 whole numbers"):
+        widget.settings.training_config()

@@ -15,6 +15,7 @@ class BlockGUI:  # any attempt to import a GUI toolkit fails loudly, installed o
 
 sys.meta_path.insert(0, BlockGUI())
 import napari_cvbm.core.checkpoint, napari_cvbm.core.config, napari_cvbm.core.cutmix, napari_cvbm.core.data
+import napari_cvbm.core.device, napari_cvbm.core.views
 import napari_cvbm.core.inference, napari_cvbm.core.io, napari_cvbm.core.labels, napari_cvbm.core.losses
 import napari_cvbm.core.metrics, napari_cvbm.core.networks, napari_cvbm.core.pseudo_labels
 import napari_cvbm.core.training, napari_cvbm.cli, napari_cvbm.demo

@@ -8,29 +8,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_cvbm.core import acceleration
+from napari_cvbm.core import device
+from napari_cvbm.core.device import available_devices, choose_device
 from napari_cvbm.core.errors import CVBMInputError
-from napari_cvbm.core.inference import (
+from napari_cvbm.core.inference import Prediction, predict
+from napari_cvbm.core.intensity import normalize_intensity
+from napari_cvbm.core.networks import CVBMNet
+from napari_cvbm.core.views import (
     OUTPUT_MODES,
-    Prediction,
     bg_view,
-    choose_device,
     combine_views,
     confidence_map,
     disagreement_map,
     fg_view,
     mix_view,
-    predict,
+    view_probabilities,
 )
-from napari_cvbm.core.intensity import normalize_intensity
-from napari_cvbm.core.networks import CVBMNet
 
 
 @pytest.fixture(autouse=True)
 def float32_inference(monkeypatch):
     """These tests check the sliding-window arithmetic against exact references, so they run as on a
     CPU without bfloat16 (float32); mixed-precision inference: test_acceleration.py."""
-    monkeypatch.setattr(acceleration, "cpu_has_native_bfloat16", lambda: False)
+    monkeypatch.setattr(device, "cpu_has_native_bfloat16", lambda: False)
 
 
 # ------------------------------------------------------------------------------------------
@@ -150,6 +150,14 @@ def test_choose_device():
         choose_device("tpu")
 
 
+def test_available_devices_are_the_ones_choose_device_accepts():
+    choices = available_devices()
+    assert choices[:2] == ["auto", "cpu"]
+    assert ("cuda" in choices) == torch.cuda.is_available()
+    for choice in choices:
+        choose_device(choice)
+
+
 # ------------------------------------------------------------------------------------------
 # formulas by hand
 # ------------------------------------------------------------------------------------------
@@ -188,6 +196,10 @@ def test_view_formulas_by_hand():
         combine_views("avg", fg, None, None)
     with pytest.raises(CVBMInputError):
         combine_views("mix", fg, bg, None)
+    assert view_probabilities("bg", fg, bg, mix) is bg
+    assert view_probabilities("mix", fg, bg, mix) is mix
+    with pytest.raises(CVBMInputError):
+        view_probabilities("bg", fg, None, None)
 
 
 # ------------------------------------------------------------------------------------------

@@ -5,20 +5,11 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
-from napari_cvbm.gui import models
 from napari_cvbm.synthetic import SAMPLE_DATA
 
 LONG_MS = 240_000
 TEST_IMAGE = SAMPLE_DATA / "test" / "images" / "case_013.nii.gz"
-
-
-@pytest.fixture
-def store(monkeypatch):
-    fresh = models.ModelStore()
-    monkeypatch.setattr(models, "MODEL_STORE", fresh)
-    return fresh
 
 
 def test_open_segment_correct_finetune_refresh(make_napari_viewer, store, qtbot, tmp_path):
@@ -42,20 +33,20 @@ def test_open_segment_correct_finetune_refresh(make_napari_viewer, store, qtbot,
         seg.data[z] = truth[z]
     seg.refresh()
     viewer.layers.remove(next(layer for layer in viewer.layers if layer.name == "case_001 label"))
-    qtbot.waitUntil(lambda: "22–24 count as labeled (3 of 48)" in finetune.summary.text())
+    qtbot.waitUntil(lambda: "22–24 count as labeled (3 of 48)" in finetune.data.summary.text())
 
-    finetune.pretrain.setValue(2)
-    finetune.selftrain.setValue(2)
+    finetune.settings.fields["pretrain_iterations"].value = 2
+    finetune.settings.fields["selftrain_iterations"].value = 2
     assert finetune.start() is not None
     qtbot.waitUntil(lambda: not finetune.running, timeout=LONG_MS)
     assert store.active == "fine-tuned 1"
     # the Segment widget re-ran with the fine-tuned model: the layers hold its prediction
-    qtbot.waitUntil(lambda: segment.last_worker is not None and not segment.busy, timeout=LONG_MS)
+    qtbot.waitUntil(lambda: segment.runner.worker is not None and not segment.busy, timeout=LONG_MS)
     refreshed = next(layer for layer in viewer.layers if layer.metadata.get("cvbm_role") == "prob_fg_view")
     qtbot.waitUntil(lambda: not np.array_equal(refreshed.data, starter_fg), timeout=LONG_MS)
 
     # the saved model is the CLI's format: `cvbm predict` reads it
-    path = finetune.save_model(tmp_path / "fine_tuned.pt")
+    path = finetune.model_panel.save_model(tmp_path / "fine_tuned.pt")
     out = tmp_path / "pred"
     result = subprocess.run([sys.executable, "-m", "napari_cvbm.cli", "predict", str(path),
                              str(TEST_IMAGE), "--out", str(out)],

@@ -7,7 +7,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from napari.utils.notifications import notification_manager
 
 from napari_cvbm._reader import napari_get_reader
 from napari_cvbm._writer import write_image, write_labels
@@ -23,15 +22,6 @@ RNG = np.random.default_rng(0)
 IMAGE = RNG.normal(100, 20, (5, 6, 7)).astype(np.float32)  # (z, y, x), sizes distinct
 LABELS = RNG.integers(0, 3, (5, 6, 7)).astype(np.uint8)
 EXTENSIONS = [".nii.gz", ".nii", ".tif", ".tiff", ".NII.GZ", ".TIF"]
-
-
-@pytest.fixture
-def notes():
-    """Messages of the napari notifications shown during the test."""
-    messages = []
-    callback = notification_manager.notification_ready.connect(lambda n: messages.append(n.message))
-    yield messages
-    notification_manager.notification_ready.disconnect(callback)
 
 
 def read(path):

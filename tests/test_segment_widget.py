@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from napari.utils.notifications import NotificationSeverity, notification_manager
+from napari.utils.notifications import NotificationSeverity
 
 from napari_cvbm.core.checkpoint import build_model, save_model
 from napari_cvbm.core.config import preset
@@ -14,14 +14,6 @@ from napari_cvbm.synthetic import SAMPLE_DATA
 
 SAMPLE = SAMPLE_DATA / "labeled"
 TIMEOUT_MS = 60_000
-
-
-@pytest.fixture
-def store(monkeypatch):
-    """A fresh model store for the widget, so tests do not share models."""
-    fresh = models.ModelStore()
-    monkeypatch.setattr(models, "MODEL_STORE", fresh)
-    return fresh
 
 
 def tiny_checkpoint(path, seed=0):
@@ -44,14 +36,6 @@ def tiny_widget(viewer_widget, tmp_path):
     viewer, widget = viewer_widget
     assert widget.load_checkpoint(tiny_checkpoint(tmp_path / "tiny.pt")) == "file: tiny.pt"
     return viewer, widget
-
-
-@pytest.fixture
-def notifications():
-    seen = []
-    notification_manager.notification_ready.connect(seen.append)
-    yield seen
-    notification_manager.notification_ready.disconnect(seen.append)
 
 
 def errors(seen):
@@ -105,7 +89,7 @@ def test_starter_model_segments_the_sample(viewer_widget, qtbot):
     viewer, widget = viewer_widget
     image = add_sample(viewer)
     assert widget._image.value is image
-    assert "3D V-Net" in widget._model_info.value
+    assert "3D V-Net" in widget.model_panel.info.value
     segment(qtbot, widget)
     layers = made_layers(viewer)
     check_layers(layers, image)
@@ -177,8 +161,8 @@ def test_model_change_resegments_the_last_image(tiny_widget, qtbot, tmp_path, st
     assert widget.set_compare(True)
 
     name = widget.load_checkpoint(tiny_checkpoint(tmp_path / "other.pt", seed=1))
-    assert store.active == name and widget._model.value == name
-    assert widget.last_worker is not first
+    assert store.active == name and widget.model_panel.choice.value == name
+    assert widget.runner.worker is not first
     qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
     assert made_layers(viewer)["prob_fg_view"] is prob
     assert not np.allclose(prob.data, before)
@@ -198,7 +182,7 @@ def test_bad_images_are_refused_with_notifications(tiny_widget, qtbot, notificat
     viewer, widget = tiny_widget
     flat = viewer.add_image(np.random.default_rng(0).random((64, 64), np.float32), name="slice")
     segment(qtbot, widget, flat)
-    assert any("3D model" in message for message in errors(notifications)), widget._status.value
+    assert any("3D model" in message for message in errors(notifications)), widget.status.message
 
     rgb = viewer.add_image(np.zeros((32, 32, 3), np.uint8), name="photo", rgb=True)
     assert widget.segment(rgb) is None

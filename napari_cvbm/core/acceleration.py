@@ -1,58 +1,29 @@
-"""Speed-ups for training and inference (issue 6): mixed precision, channels-last, torch.compile.
+"""Training speed-ups beyond mixed precision (which :mod:`.device` decides), and their timing.
 
-* Mixed precision: autocast to bfloat16 on CUDA devices that support it, else float16 with a
-  gradient scaler; on CPUs with native bfloat16 arithmetic (AMX or AVX512-BF16), bfloat16
-  convolutions through oneDNN (1.4-1.7x faster training on a Sapphire Rapids core); on other
-  CPUs and MPS everything stays float32 (bfloat16 would be emulated there, and slower).
-* Channels-last: the NHWC / NDHWC memory layout (faster for 3D float32 convolutions on CPUs; on
-  GPUs, each run times both layouts on its own batch and keeps the faster, ``faster_layout``).
-* ``torch.compile`` of the student's forward pass (optional; the first steps pay the compile).
+* Channels-last: the NHWC / NDHWC memory layout. On a CPU it is used where it measured faster
+  (:func:`use_channels_last`); on a GPU each run times both layouts on its own batch and keeps the
+  faster (:func:`faster_layout`).
+* :class:`GradientStep`: the optimiser step, through a gradient scaler under float16 autocast.
+* ``torch.compile`` of the student's forward pass (optional, config ``compile``) is applied by
+  :class:`~.training.TrainingRun`; the first steps pay the compile.
+
+Measurements: ``docs/PERFORMANCE.md``.
 """
 
-import contextlib
 import copy
-import functools
 import time
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-
-@functools.lru_cache(maxsize=None)
-def cpu_has_native_bfloat16() -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (AMX tiles or AVX512-BF16)."""
-    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
-    """bfloat16 on CUDA devices and CPUs that support it, float16 on other CUDA devices, else None."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_has_native_bfloat16():
-        return torch.bfloat16
-    return None
-
-
-def precision_name(device: torch.device, amp: bool = True) -> str:
-    """The arithmetic that convolutions on ``device`` use: "bfloat16", "float16" or "float32"."""
-    dtype = autocast_dtype(device) if amp else None
-    return str(dtype or torch.float32).replace("torch.", "")
-
-
-def autocast(device: torch.device, enabled: bool = True):
-    """Mixed-precision context for ``device`` (a no-op where :func:`autocast_dtype` is None or not ``enabled``)."""
-    dtype = autocast_dtype(device) if enabled else None
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+from .device import autocast, autocast_dtype, synchronize
 
 
 def use_channels_last(setting: Optional[bool], dim: int, device: torch.device, amp: bool) -> Optional[bool]:
     """The training layout: ``setting`` when given; on a CPU, channels-last only where it measured
-    faster, 3D float32 training (1.3-1.5x, docs/PERFORMANCE.md; under bfloat16 autocast the
-    channels-last norms make training about 2x slower); None on CUDA, where the run measures both
-    layouts (:func:`faster_layout`); contiguous elsewhere (Apple MPS)."""
+    faster, 3D float32 training (under bfloat16 autocast the channels-last norms make training
+    slower; docs/PERFORMANCE.md); None on CUDA, where the run measures both layouts
+    (:func:`faster_layout`); contiguous elsewhere (Apple MPS)."""
     if setting is not None:
         return setting
     if device.type == "cuda":
@@ -62,12 +33,6 @@ def use_channels_last(setting: Optional[bool], dim: int, device: torch.device, a
 
 def memory_format(dim: int) -> torch.memory_format:
     return torch.channels_last if dim == 2 else torch.channels_last_3d
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the work queued on ``device`` (CUDA runs asynchronously), so that timings are real."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def seconds_per_call(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> float:

@@ -1,18 +1,7 @@
 """Headless CVBM inference: sliding-window / slice-wise prediction with three views (spec 7).
 
-A CVBM model has three heads (spec 1), turned into per-class probabilities here:
-
-* **fg view** ``P_fg = softmax(fg logits)``: the ordinary segmentation (CVBM, default output).
-* **bg view**: the bg head predicts ``Q_bg = sigmoid(bg logits)``, per class c the probability
-  that the voxel is *not* class c. ``1 - Q_bg`` is therefore a per-class "is class c" score, but
-  its channels need not sum to one. We normalise it over the classes,
-  ``bg = (1 - Q_bg + eps) / sum_c (1 - Q_bg + eps)``, so that it is a probability distribution
-  that can be displayed, averaged with ``P_fg`` and compared to it. (Binary case: when the two
-  channels agree, ``1 - Q_bg[1] = Q_bg[0]``, normalisation leaves them unchanged.)
-* **mix view** ``P_M = softmax(mix logits)`` (CVBM+).
-
-Output modes (:data:`OUTPUT_MODES`, paper Table VIII): ``"fg"`` = P_fg, ``"mix"`` = P_M,
-``"avg"`` = (P_fg + bg view) / 2 (CVBM++).
+Each window's heads become the fg, bg and mix views of :mod:`.views` (spec 1, 7), which give
+the output modes and the confidence maps.
 
 Per-window probabilities (not logits) are blended: MONAI's ``sliding_window_inference`` with a
 Gaussian (default) or constant importance map, padding inputs smaller than a window and
@@ -34,143 +23,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .acceleration import autocast
 from .components import largest_component_per_class
+from .device import autocast, choose_device
 from .errors import CVBMInputError
 from .intensity import normalize_intensity
+from .views import OUTPUT_MODES, bg_view, combine_views, confidence_map, disagreement_map, fg_view, mix_view
 
-__all__ = [
-    "OUTPUT_MODES",
-    "HEADS",
-    "BLEND_MODES",
-    "Prediction",
-    "choose_device",
-    "predict",
-    "fg_view",
-    "bg_view",
-    "mix_view",
-    "combine_views",
-    "confidence_map",
-    "disagreement_map",
-]
+__all__ = ["HEADS", "BLEND_MODES", "Prediction", "predict"]
 
-OUTPUT_MODES = ("fg", "mix", "avg")
 HEADS = ("all", "fg")
 BLEND_MODES = ("gaussian", "constant")
 
-#: Added to every channel of ``1 - Q_bg`` before normalising (a voxel that the bg head calls
-#: "none of the classes" gets a near-uniform bg view instead of 0/0).
-BG_EPS = 1e-6
-
 #: Stitched outputs larger than this stay on the CPU when computing on a GPU.
 _MAX_OUTPUT_BYTES_ON_GPU = 2 * 1024 ** 3
-
-
-# --------------------------------------------------------------------------------------------
-# device
-# --------------------------------------------------------------------------------------------
-def _mps_available() -> bool:
-    mps = getattr(torch.backends, "mps", None)
-    return bool(mps is not None and mps.is_available())
-
-
-def choose_device(preference: Union[str, torch.device, None] = "auto") -> torch.device:
-    """Return the torch device to compute on.
-
-    ``"auto"`` (or None): CUDA if available, then Apple MPS, then CPU. ``"cpu"``, ``"cuda"``,
-    ``"cuda:N"`` and ``"mps"`` are checked and raise :class:`CVBMInputError` when unavailable.
-    """
-    if preference is None:
-        preference = "auto"
-    if isinstance(preference, torch.device):
-        preference = str(preference)
-    pref = str(preference).strip().lower()
-    if pref == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if _mps_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if pref == "cpu":
-        return torch.device("cpu")
-    if pref == "cuda" or pref.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise CVBMInputError(
-                f"device {preference!r} requested but CUDA is not available "
-                "(no NVIDIA GPU, or a CPU-only PyTorch); use 'auto' or 'cpu'")
-        try:
-            dev = torch.device(pref)
-        except RuntimeError as exc:
-            raise CVBMInputError(f"invalid CUDA device {preference!r}") from exc
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise CVBMInputError(
-                f"device {preference!r} requested but only {torch.cuda.device_count()} "
-                "CUDA device(s) are visible")
-        return dev
-    if pref == "mps":
-        if not _mps_available():
-            raise CVBMInputError(
-                "device 'mps' requested but Apple MPS is not available; use 'auto' or 'cpu'")
-        return torch.device("mps")
-    raise CVBMInputError(f"unknown device {preference!r}; use 'auto', 'cpu', 'cuda' or 'mps'")
-
-
-# --------------------------------------------------------------------------------------------
-# heads -> probabilities, combinations, maps (also usable on their own, e.g. in validation)
-# --------------------------------------------------------------------------------------------
-def fg_view(fg_logits: torch.Tensor) -> torch.Tensor:
-    """P_fg = softmax over the class axis (1) of the fg logits, in float32."""
-    return torch.softmax(fg_logits.float(), dim=1)
-
-
-def bg_view(bg_logits: torch.Tensor, eps: float = BG_EPS) -> torch.Tensor:
-    """Bg view from bg logits: ``1 - sigmoid`` normalised over the class axis (1), float32.
-
-    ``sigmoid(bg)[c]`` is the probability that the voxel is NOT class c (complementary labels),
-    so ``1 - sigmoid(bg)`` scores "is class c"; dividing by its sum over classes makes it a
-    distribution comparable with P_fg.
-    """
-    # 1 - sigmoid(x) == sigmoid(-x), which is exact in low precision too.
-    v = torch.sigmoid(-bg_logits.float()) + eps
-    return v / v.sum(dim=1, keepdim=True)
-
-
-def mix_view(mix_logits: torch.Tensor) -> torch.Tensor:
-    """P_M = softmax over the class axis (1) of the mixing-layer logits, in float32."""
-    return torch.softmax(mix_logits.float(), dim=1)
-
-
-def combine_views(mode: str, fg: np.ndarray, bg: Optional[np.ndarray] = None,
-                  mix: Optional[np.ndarray] = None) -> np.ndarray:
-    """Probabilities of an output ``mode``: fg -> fg, mix -> mix, avg -> (fg + bg) / 2."""
-    if mode == "fg":
-        return fg
-    if mode == "mix":
-        if mix is None:
-            raise CVBMInputError("output mode 'mix' needs the mix head, which was not computed")
-        return mix
-    if mode == "avg":
-        if bg is None:
-            raise CVBMInputError("output mode 'avg' needs the bg head, which was not computed")
-        return ((fg + bg) * np.float32(0.5)).astype(np.float32, copy=False)
-    raise CVBMInputError(f"unknown output mode {mode!r}; choose one of {', '.join(OUTPUT_MODES)}")
-
-
-def confidence_map(probs: np.ndarray) -> np.ndarray:
-    """Per-voxel maximum class probability (class axis 0), float32 in [1/C, 1]."""
-    return probs.max(axis=0).astype(np.float32, copy=False)
-
-
-def disagreement_map(fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
-    """Total-variation distance 0.5 * sum_c |fg - bg| (class axis 0), float32 in [0, 1].
-
-    For two classes it equals ``|fg[1] - bg[1]|``.
-    """
-    out = np.abs(fg[0] - bg[0])
-    for c in range(1, fg.shape[0]):
-        out += np.abs(fg[c] - bg[c])
-    out *= np.float32(0.5)
-    return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,7 +47,7 @@ class Prediction:
 
     ``labels``: argmax of the chosen mode's probabilities (uint8 up to 256 classes, else int32),
     image shape, optionally cleaned to the largest component per class.
-    ``fg``: P_fg, (C, *image shape). ``bg``: normalised bg view (see module doc) or None.
+    ``fg``: P_fg, (C, *image shape). ``bg``: normalised bg view (:func:`~.views.bg_view`) or None.
     ``mix``: P_M or None. ``fg_confidence`` / ``bg_confidence``: per-voxel max probability of
     each view (bg None if not computed). ``disagreement``: 0.5 * sum_c |P_fg - bg view|, in [0, 1]
     (= |P_fg[1] - bg[1]| for two classes), None if bg not computed. ``mode``: the output mode.
@@ -340,7 +205,7 @@ def predict(
     patch_size: sliding-window size (model.dim entries or one int), multiples of
         ``model.size_divisor``; required except for a 2D model with ``slice_size``.
     overlap: window overlap fraction in [0, 1), one value or one per axis.
-    device: "auto"/None, "cpu", "cuda", "mps" or a torch.device (see :func:`choose_device`).
+    device: "auto"/None, "cpu", "cuda", "mps" or a torch.device (see :func:`~.device.choose_device`).
     largest_component: keep only the largest connected component of each class in ``labels``
         (3D connectivity for volumes, even when predicted slice by slice).
     slice_size: 2D model only: resize every slice to (h, w) (bilinear), predict it whole and
@@ -348,7 +213,7 @@ def predict(
     batch_size: windows (or slices) per forward pass.
     progress: optional ``callback(fraction)`` called as windows/slices are done (0..1).
     blend: "gaussian" (default) or "constant" importance weighting of overlapping windows.
-    amp: mixed precision where ``device`` has it (:func:`~.acceleration.autocast_dtype`);
+    amp: mixed precision where ``device`` has it (:func:`~.device.autocast_dtype`);
         False for float32 throughout.
     """
     if mode not in OUTPUT_MODES:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .labels import background_labels, one_hot
+from .views import fg_view, mix_view
 
 _EPS = 1e-5
 
@@ -91,8 +92,8 @@ def region_wide_loss(
 
 def bidirectional_consistency(output) -> Dict[str, torch.Tensor]:
     """L_bcl = MSE(P_M, P_fg) [direct] + MSE(1 - Q_bg, P_fg) [inverse], on probabilities (spec 4)."""
-    p_fg = output.fg.softmax(1)
-    direct = F.mse_loss(output.mix.softmax(1), p_fg)
+    p_fg = fg_view(output.fg)
+    direct = F.mse_loss(mix_view(output.mix), p_fg)
     inverse = F.mse_loss(1.0 - torch.sigmoid(output.bg), p_fg)
     return {"bcl_direct": direct, "bcl_inverse": inverse, "bcl": direct + inverse}
 

@@ -15,14 +15,14 @@ import numpy as np
 import torch
 
 from . import distributed
-from .acceleration import GradientStep, autocast, faster_layout, memory_format, precision_name, use_channels_last
+from .acceleration import GradientStep, faster_layout, memory_format, use_channels_last
 from .checkpoint import build_model, load_checkpoint, model_from_payload, nonfinite_tensors, save_checkpoint, save_model
 from .config import TrainConfig, resumed_config
 from .cutmix import cutmix, cutmix_mask, cutmix_pair
 from .data import Case, PatchSampler
+from .device import autocast, choose_device, precision_name
 from .ema import ema_update
 from .errors import CVBMInputError
-from .inference import choose_device
 from .losses import (
     bidirectional_consistency,
     complementary_seg_loss,

@@ -61,16 +61,6 @@ class ModelStore:
         model, config = load_model(path)
         return self.add(f"file: {Path(path).name}", model, config)
 
-    def load_file_or_notify(self, path) -> Optional[str]:
-        """:meth:`load_file` for the widgets: an unreadable checkpoint becomes an error notification."""
-        from napari.utils.notifications import show_error
-
-        try:
-            return self.load_file(path)
-        except CVBMInputError as error:
-            show_error(str(error))
-            return None
-
     def save(self, path, name: Optional[str] = None, overwrite: bool = False) -> Path:
         """Write the named (default: active) model as a checkpoint that `cvbm predict` reads.
 

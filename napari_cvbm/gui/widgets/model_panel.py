@@ -1,0 +1,108 @@
+"""The shared model panel: which model is active, what it is, Load model… and Save model….
+
+Both widgets show one; all of them read and write the session's ``MODEL_STORE``, so a model
+loaded or fine-tuned in one is the active model in the other.
+"""
+
+from pathlib import Path
+from typing import Optional
+
+from magicgui.widgets import ComboBox, Container, Label
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QPushButton, QVBoxLayout, QWidget
+
+from ...core.errors import CVBMInputError
+from .. import models
+from ..job_status import JobStatus
+
+
+def describe_model(model, config) -> str:
+    """One line for the user, e.g. "3D V-Net, width 6, 2 classes"."""
+    if config.dim == 3:
+        text = f"3D V-Net, width {config.width}, {config.num_classes} classes"
+    else:
+        text = f"2D U-Net, width {config.width}, {config.num_classes} classes, slice by slice"
+        if config.slice_size:
+            text += " (slices resized to {}×{})".format(*config.slice_size)
+    if not getattr(model, "background_branch", True):
+        text += "; no background branch: fg output only"
+    return text
+
+
+class ModelPanel(QWidget):
+    """The active model (a picker and its description, with ``picker``) and its file buttons.
+
+    Messages go to ``status.message``; failures also to one error notification.
+    """
+
+    def __init__(self, status: JobStatus, picker: bool = True, parent=None):
+        super().__init__(parent)
+        self.status = status
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.choice = ComboBox(label="Model", choices=models.MODEL_STORE.names())
+        self.choice.changed.connect(self._picked)
+        self.info = Label(label="")
+        if picker:
+            form = Container(widgets=[self.choice, self.info])
+            form.margins = (9, 0, 9, 0)
+            layout.addWidget(form.native)
+        self.load_button, self.save_button = QPushButton("Load model…"), QPushButton("Save model…")
+        self.load_button.setToolTip("load a model saved by `cvbm train` or this plugin (.pt)")
+        self.save_button.setToolTip("write the active model as a checkpoint that `cvbm predict` reads")
+        self.load_button.clicked.connect(self._load_dialog)
+        self.save_button.clicked.connect(self._save_dialog)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.load_button)
+        buttons.addWidget(self.save_button)
+        layout.addLayout(buttons)
+        self.refresh()
+
+    def refresh(self, *_):
+        """Show the store's models and its active one (call when the store changes)."""
+        store = models.MODEL_STORE
+        with self.choice.changed.blocked():
+            self.choice.choices = store.names()
+            self.choice.value = store.active
+        try:
+            self.info.value = describe_model(*store.get())
+        except CVBMInputError as error:
+            self.info.value = f"not available: {error}"
+
+    def _picked(self, name):
+        models.MODEL_STORE.activate(name)
+
+    def load_model(self, path) -> Optional[str]:
+        """Load a checkpoint (CLI or plugin) and make it the active model; its name, or None on failure."""
+        try:
+            name = models.MODEL_STORE.load_file(path)
+        except CVBMInputError as error:
+            show_error(str(error))
+            return None
+        self.status.message = f"Loaded '{name}' ({self.info.value}); it is now the active model."
+        show_info(f"Loaded {name}")
+        return name
+
+    def save_model(self, path, overwrite: bool = False) -> Optional[Path]:
+        """Write the active model as a checkpoint `cvbm predict` reads; None (and a notification) on failure.
+
+        An existing file is refused unless ``overwrite`` (the save dialog has asked the user)."""
+        try:
+            out = models.MODEL_STORE.save(path, overwrite=overwrite)
+        except (CVBMInputError, OSError) as exc:
+            show_error(f"could not save the model: {exc}")
+            return None
+        self.status.message = f"Saved '{models.MODEL_STORE.active}' to {out}"
+        return out
+
+    def _save_dialog(self):
+        path, _ = QFileDialog.getSaveFileName(self, "Save model", "cvbm_model.pt", "CVBM model (*.pt)")
+        if path:  # Qt asked before replacing the file picked, not one renamed here with .pt
+            target = path if Path(path).suffix else path + ".pt"
+            self.save_model(target, overwrite=target == path)
+
+    def _load_dialog(self):
+        path, _ = QFileDialog.getOpenFileName(self, "Load model", "",
+                                              "CVBM model (*.pt *.pth);;All files (*)")
+        if path:
+            self.load_model(path)

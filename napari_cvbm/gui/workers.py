@@ -1,0 +1,107 @@
+"""What runs in the widgets' worker threads, and the typed updates it sends to the GUI thread.
+
+Worker bodies only compute: they read snapshots taken on the GUI thread and never touch a layer,
+a widget or a status object. A fine-tune is a generator of :class:`RunReady` then one
+:class:`StepDone` per training step (``TrainingRun.events``, spec 5-6), so Cancel stops it between
+two steps; a segmentation returns its ``Prediction`` and reports progress through a callback.
+"""
+
+import dataclasses
+import functools
+import inspect
+from typing import Callable, Iterator, Union
+
+import numpy as np
+
+from ..core.classes import infer_num_classes
+from ..core.config import TrainConfig
+from ..core.data import load_cases, make_case
+from ..core.errors import CVBMInputError
+from ..core.predictor import Predictor
+from ..core.threads import adapt_threads, use_training_threads
+from ..core.training import ProgressEvent, TrainingRun
+
+
+class JobFailed(Exception):
+    """An unexpected error inside a worker, carried as one line (superqt's generator workers drop a
+    RuntimeError, which torch raises, so every other error is wrapped in this one)."""
+
+
+def surfacing_errors(body):
+    """Decorate a worker body (function or generator): input errors pass as they are, others become
+    :class:`JobFailed` so that they reach the widget's error handler."""
+
+    def wrap(exc: Exception) -> Exception:
+        return exc if isinstance(exc, CVBMInputError) else JobFailed(f"{type(exc).__name__}: {exc}")
+
+    @functools.wraps(body)
+    def generator(*args, **kwargs):
+        try:
+            return (yield from body(*args, **kwargs))
+        except Exception as exc:
+            raise wrap(exc) from exc
+
+    @functools.wraps(body)
+    def function(*args, **kwargs):
+        try:
+            return body(*args, **kwargs)
+        except Exception as exc:
+            raise wrap(exc) from exc
+
+    return generator if inspect.isgeneratorfunction(body) else function
+
+
+@dataclasses.dataclass(frozen=True)
+class RunReady:
+    """The worker has built the training run (cases prepared, network on its device)."""
+
+    run: TrainingRun
+
+
+@dataclasses.dataclass(frozen=True)
+class StepDone:
+    """One training step has finished."""
+
+    event: ProgressEvent
+
+
+TrainingUpdate = Union[RunReady, StepDone]
+
+
+@surfacing_errors
+def training_updates(build: Callable[[], TrainingRun]) -> Iterator[TrainingUpdate]:
+    """Build the run from its snapshot, then yield one update per step; stops when the consumer does."""
+    run = build()
+    yield RunReady(run)
+    for event in adapt_threads(run.events(), background=True):  # a core stays with the viewer
+        yield StepDone(event)
+
+
+@surfacing_errors
+def segmentation(predictor: Predictor, image: np.ndarray, **options):
+    """The prediction of ``image`` (a snapshot of the layer) with ``predictor``'s settings, on the
+    CPU threads the viewer leaves free (``core.threads``)."""
+    use_training_threads(background=True)
+    return predictor(image, **options)
+
+
+# -- run builders (called in the worker thread) ---------------------------------------------------
+def run_from_arrays(labeled, unlabeled, config: TrainConfig, weights) -> TrainingRun:
+    """A run on layer snapshots: labeled (name, image, label, annotated, spacing), unlabeled (name, image, spacing)."""
+    labeled_cases = [make_case(name, image, label, annotated=annotated, spacing=spacing,
+                               num_classes=config.num_classes)
+                     for name, image, label, annotated, spacing in labeled]
+    unlabeled_cases = [make_case(name, image, spacing=spacing) for name, image, spacing in unlabeled]
+    return TrainingRun(config, labeled_cases, unlabeled_cases, initial_weights=weights)
+
+
+def run_from_folders(folders: dict, config: TrainConfig, weights) -> TrainingRun:
+    """A run on the files of ``folders`` (images, labels, unlabeled); a new network takes its class
+    count from the labels."""
+    new_network = weights is None
+    labeled = load_cases(folders["images"], folders["labels"],
+                         num_classes=None if new_network else config.num_classes)
+    unlabeled = load_cases(folders["unlabeled"]) if folders["unlabeled"] else []
+    if new_network:
+        config = dataclasses.replace(config, num_classes=infer_num_classes(c.label for c in labeled))
+    return TrainingRun(config, labeled, unlabeled, initial_weights=weights)
