@@ -14,9 +14,10 @@ Arms: "supervised" (pre-trained teacher only), "fg_ssl" (same pipeline without b
 layer and consistency), "cvbm" (reported for the fg, mix and avg outputs, the bg view alone, and
 its own pre-trained teacher). Writes per-case CSV and a JSON summary to --out.
 
-Scale "cpu" in 3D (LA) trains on volumes resampled by --zoom (default 0.5, 1.25 mm voxels) with
-the settings in CPU_3D; predictions are resampled back (trilinear, probabilities) and scored on the
-original grid, so metrics are always in original voxels.
+Settings come from the planner (``core/planning.py``), as for a user: on this data and device, the
+working spacing, patch and step counts for ``--budget`` minutes (3D volumes are resampled for
+training and predictions resampled back inside the predictor, so metrics are always in original
+voxels); ``--scale paper`` gives the paper's settings (spec 6) as they are. ``--set`` wins over both.
 """
 
 import argparse
@@ -25,25 +26,18 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from scipy import ndimage
-
 from napari_cvbm.console import train_with_progress
 from napari_cvbm.core.classes import infer_num_classes
 from napari_cvbm.core.config import parse_setting, preset
-from napari_cvbm.core.data import Case, load_cases
+from napari_cvbm.core.data import load_cases
+from napari_cvbm.core.device import choose_device
 from napari_cvbm.core.metrics import evaluate_cases, format_table, summarize, write_csv
+from napari_cvbm.core.planning import plan
 from napari_cvbm.core.predictor import Predictor
 from napari_cvbm.core.training import TrainingRun
 from napari_cvbm.core.views import SCORED_VIEWS, view_probabilities
 
 HOLDOUT, SELECTION = 16, 4
-# cpu scale in 3D (LA): the `cpu` preset with larger patches and more iterations, on half-resolution volumes
-CPU_3D = dict(patch_size=(32, 64, 64), pretrain_iterations=400, selftrain_iterations=800,
-              consistency_rampup=800, validate_every=100, checkpoint_every=100)
-CPU_3D_ZOOM = 0.5
 
 
 def labeled_cases(splits: dict, budget: int) -> list:
@@ -82,36 +76,15 @@ def cases(folder: Path, names, with_labels=True, num_classes=None):
     return load_cases(folder / "images", labels, num_classes, names=names)
 
 
-def _zoom_image(image: np.ndarray, factor: float) -> np.ndarray:
-    return image if factor == 1 else ndimage.zoom(image, factor, order=1)
-
-
-def zoomed(case: Case, factor: float) -> Case:
-    """The case resampled by ``factor`` (image linear, labels nearest)."""
-    if factor == 1:
-        return case
-    label = None if case.label is None else ndimage.zoom(case.label, factor, order=0)
-    return Case(case.name, _zoom_image(case.image, factor), label,
-                spacing=tuple(s / factor for s in case.spacing))
-
-
-def _to_shape(probs: np.ndarray, shape) -> np.ndarray:
-    """(C, *S) probabilities resampled (linear) onto ``shape``."""
-    if probs.shape[1:] == tuple(shape):
-        return probs
-    mode = "trilinear" if probs.ndim == 4 else "bilinear"
-    return F.interpolate(torch.from_numpy(probs)[None], size=tuple(shape), mode=mode, align_corners=False)[0].numpy()
-
-
-def evaluate(model, eval_cases, config, views, factor=1.0):
-    """Per-view metric rows over whole volumes, on each case's original grid (only images are zoomed)."""
+def evaluate(model, eval_cases, config, views):
+    """Per-view metric rows over whole volumes, on each case's own grid."""
     results, predictor = {view: [] for view in views}, Predictor(model, config)
     for case in eval_cases:
-        pred = predictor(_zoom_image(case.image, factor), heads="all" if config.background_branch else "fg",
+        pred = predictor(case.image, spacing=case.spacing, heads="all" if config.background_branch else "fg",
                          amp=config.amp)
         for view in views:
             probs = view_probabilities(view, pred.fg, pred.bg, pred.mix)
-            results[view].append((case.name, _to_shape(probs, case.label.shape).argmax(0), case.label, None))
+            results[view].append((case.name, probs.argmax(0), case.label, None))
     return {view: evaluate_cases(rows, config.num_classes) for view, rows in results.items()}
 
 
@@ -124,8 +97,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dim", type=int, choices=(2, 3), help="default: 2 when the folder has 'val' (ACDC), else 3")
     parser.add_argument("--eval-split", default="val")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--zoom", type=float, help=f"resample volumes for training (default: {CPU_3D_ZOOM} "
-                        "at cpu scale in 3D, else 1)")
+    parser.add_argument("--budget", type=float, default=20.0, metavar="MINUTES",
+                        help="training time the plan sizes the step counts for (cpu scale; default 20)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -137,20 +110,22 @@ def main(argv=None) -> int:
     dim = args.dim or (2 if "val" in split else 3)
     labeled = cases(args.data, split["labeled"])
     num_classes = infer_num_classes(c.label for c in labeled)
-    factor = args.zoom or (CPU_3D_ZOOM if (args.scale, dim) == ("cpu", 3) else 1.0)
-    overrides = dict(CPU_3D) if (args.scale, dim) == ("cpu", 3) else {}
-    overrides.update(parse_setting(s) for s in args.set)
+    overrides = dict(parse_setting(s) for s in args.set)
     if args.arm == "supervised":
         overrides["selftrain_iterations"] = 0
     if args.arm == "fg_ssl":
         overrides["background_branch"] = False
-    config = preset(args.scale, dim, **{"num_classes": num_classes, **overrides})
     unlabeled = [] if args.arm == "supervised" else cases(args.data, split["unlabeled"], with_labels=False)
     selection = cases(args.data, split["selection"], num_classes=num_classes)
-    labeled, unlabeled, selection = ([zoomed(c, factor) for c in group] for group in (labeled, unlabeled, selection))
     eval_cases = cases(args.data, split[args.eval_split], num_classes=num_classes)
+    overrides = {"dim": dim, "num_classes": num_classes, **overrides}
+    if args.scale == "paper":
+        config, described = preset("paper", dim, **overrides), "the paper's settings"
+    else:
+        planned = plan(labeled, unlabeled, choose_device(args.device), budget_s=60 * args.budget, overrides=overrides)
+        config, described = planned.config, planned.describe()
     print(f"{args.data.name}: {len(labeled)} labeled, {len(unlabeled)} unlabeled, {len(selection)} selection, "
-          f"{len(eval_cases)} {args.eval_split} volumes; arm {args.arm}, scale {args.scale}, zoom {factor}: {config}")
+          f"{len(eval_cases)} {args.eval_split} volumes; arm {args.arm}, scale {args.scale}; plan: {described}")
 
     run = TrainingRun(config, labeled, unlabeled, selection, out_dir=args.out / "model", device=args.device)
     start = time.perf_counter()
@@ -159,7 +134,7 @@ def main(argv=None) -> int:
     models = {"cvbm": run.final_model()} if args.arm == "cvbm" else {args.arm: run.final_model()}
     if args.arm == "cvbm":
         models["supervised (its teacher)"] = run.pretrained_model()
-    report = {"data": str(args.data), "labeled": args.labeled, "arm": args.arm, "scale": args.scale, "zoom": factor,
+    report = {"data": str(args.data), "labeled": args.labeled, "arm": args.arm, "scale": args.scale, "plan": described,
               "eval_split": args.eval_split, "train_seconds": train_seconds, "config": config.to_dict(),
               "precision": run.precision, "channels_last": run.channels_last,
               "layout_seconds": run.layout_seconds, "selection_dice": run.best_dice,
@@ -167,7 +142,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for name, model in models.items():
         views = SCORED_VIEWS if name == "cvbm" else ("fg",)
-        for view, rows in evaluate(model, eval_cases, config, views, factor).items():
+        for view, rows in evaluate(model, eval_cases, config, views).items():
             key = f"{name} {view}"
             summary = summarize(rows)
             report["results"][key] = summary

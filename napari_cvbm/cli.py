@@ -81,6 +81,8 @@ def _train(args) -> int:
     say = print if main_process else (lambda *a, **k: None)
 
     given = _given_settings(args)
+    if args.budget is not None and not args.budget > 0:
+        raise CVBMInputError(f"--budget must be a positive number of minutes, not {args.budget:g}")
     if not args.resume:  # the whole configuration is checked before any data is read
         config = preset(args.preset or "cpu", given.get("dim", 3), **given)
     threads = _use_threads(args, say)
@@ -100,6 +102,15 @@ def _train(args) -> int:
             say(f"resume: {change}")
     else:
         config = replace(config, num_classes=num_classes)
+        if not args.preset:  # planned from the data (core/planning.py); --set still wins
+            from .core.device import choose_device
+            from .core.planning import plan
+
+            planned = plan(labeled, unlabeled, distributed.local_device(choose_device(args.device)),
+                           budget_s=None if args.budget is None else 60 * args.budget,
+                           overrides={**given, "num_classes": num_classes})
+            config = planned.config
+            say(f"plan: {planned.describe()}")
         run = TrainingRun(config, labeled, unlabeled, validation, out_dir=args.out, device=args.device)
     say(f"{len(labeled)} labeled, {len(unlabeled)} unlabeled, {len(validation)} validation image(s); "
         f"device {run.device} ({run.precision}, {'channels-last' if run.channels_last else 'contiguous'} layout); "
@@ -141,6 +152,7 @@ def _prediction_paths(path: Path, out: Path, fmt: Optional[str], maps) -> dict:
 
 
 def cmd_predict(args) -> int:
+    from .core.guidance import rank_slices, write_ranking
     from .core.io import IMAGE_EXTENSIONS, list_images, read_image, strip_extension, write_image
     from .core.outputs import check_outputs, check_writable
     from .core.predictor import Predictor
@@ -153,14 +165,17 @@ def cmd_predict(args) -> int:
         raise CVBMInputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {source}")
     maps = (FG_MAPS + (BG_MAPS if predictor.model.background_branch else ())) if args.probabilities else ()
     planned = {path: _prediction_paths(path, Path(args.out), args.format, maps) for path in files}
-    check_outputs({path: list(paths.values()) for path, paths in planned.items()}, overwrite=args.overwrite,
-                  case=strip_extension)
+    outputs = {path: list(paths.values()) for path, paths in planned.items()}
+    ranking, rankings = Path(args.out) / "ranking.csv", {}
+    if args.ranking:  # one file for every image, checked with the first image's outputs
+        outputs[files[0]].append(ranking)
+    check_outputs(outputs, overwrite=args.overwrite, case=strip_extension)
     for folder in sorted({target.parent for paths in planned.values() for target in paths.values()}):
         check_writable(folder)
-    heads = "fg" if args.mode == "fg" and not args.probabilities else "all"
+    heads = "fg" if args.mode == "fg" and not (args.probabilities or args.ranking) else "all"
     for path, paths in tqdm(planned.items(), desc="predict", unit="image", disable=len(files) < 2):
         image = read_image(path, channel=args.channel)
-        pred = predictor(image.array, mode=args.mode, heads=heads, device=args.device,
+        pred = predictor(image.array, spacing=image.spacing, mode=args.mode, heads=heads, device=args.device,
                          largest_component=args.largest_component, amp=not args.float32)
         geometry = dict(geometry=image.geometry)
         write_image(paths["labels"], pred.labels, **geometry)
@@ -171,7 +186,12 @@ def cmd_predict(args) -> int:
                               confidence_bg=pred.bg_confidence, disagreement=pred.disagreement)
             for key, array in arrays.items():
                 write_image(paths[key], array, **geometry)
+        if args.ranking:  # rewritten after each image: it always covers the label maps written
+            rankings[strip_extension(path)] = rank_slices(pred)
+            write_ranking(ranking, rankings)
         print(f"{path.name} -> {paths['labels']}")
+    if args.ranking:
+        print(f"slices ranked by uncertainty -> {ranking}")
     return 0
 
 
@@ -263,7 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-labels", help="validation labels")
     p.add_argument("--dim", type=int, choices=(2, 3),
                    help="3 (default): V-Net on patches; 2: U-Net on slices")
-    p.add_argument("--preset", choices=("cpu", "paper"), help="cpu (default) or paper")
+    p.add_argument("--preset", choices=("cpu", "paper"),
+                   help="train with a preset as it is (default: plan the spacing, patch and steps from the data)")
+    p.add_argument("--budget", type=float, metavar="MINUTES",
+                   help="training time the plan sizes the step counts for (default: 10 on a CPU; on a GPU "
+                        "the paper's counts)")
     p.add_argument("--num-classes", type=int, help="classes including background (default: from labels)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. --set pretrain_iterations=500 --set patch_size=32,64,64")
@@ -282,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="fg", choices=("fg", "mix", "avg"))
     p.add_argument("--probabilities", action="store_true",
                    help="also write probability, confidence and disagreement maps (to OUT/maps/)")
+    p.add_argument("--ranking", action="store_true",
+                   help="also write OUT/ranking.csv: every image's slices (axis 0), most uncertain first "
+                        "(columns case, slice, score, rank; score: expected wrongly labelled voxels)")
     p.add_argument("--largest-component", action="store_true", help="keep the largest component per class")
     p.add_argument("--format", choices=(".nii.gz", ".nii", ".tif", ".tiff"), help="output format (default: input's)")
     p.add_argument("--overwrite", action="store_true",

@@ -44,7 +44,7 @@ def evaluate_outputs(model, cases, config, views=SCORED_VIEWS) -> Dict[str, dict
     scores = {v: [] for v in views}
     predictions, predictor = {}, Predictor(model, config)
     for case in cases:
-        pred = predictor(case.image, heads="fg" if views == ("fg",) else "all")
+        pred = predictor(case.image, spacing=case.spacing, heads="fg" if views == ("fg",) else "all")
         predictions[case.name] = pred
         for view in views:
             probs = view_probabilities(view, pred.fg, pred.bg, pred.mix)

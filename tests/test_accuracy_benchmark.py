@@ -15,27 +15,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import accuracy  # noqa: E402
 
 
+def write_dataset(root, names, **splits):
+    """Blob volumes and labels under ``root`` in the ../shared/data layout, with ``splits``."""
+    for i, name in enumerate(names):
+        image, label = blob_volume(i, shape=(24, 40, 40))
+        write_image(root / "images" / f"{name}.nii.gz", image)
+        write_image(root / "labels" / f"{name}.nii.gz", label.astype(np.uint8))
+    (root / "splits.json").write_text(json.dumps(splits))
+    return root
+
+
 @pytest.fixture
 def dataset(tmp_path):
     """A tiny folder in the ACDC layout: images/, labels/, splits.json with train, labeled_2, val."""
     names = [f"case{i}" for i in range(5)]
-    for i, name in enumerate(names):
-        image, label = blob_volume(i, shape=(24, 40, 40))
-        write_image(tmp_path / "images" / f"{name}.nii.gz", image)
-        write_image(tmp_path / "labels" / f"{name}.nii.gz", label.astype(np.uint8))
-    splits = {"train": names[:4], "labeled_2": names[:2], "val": names[4:]}
-    (tmp_path / "splits.json").write_text(json.dumps(splits))
-    return tmp_path
+    return write_dataset(tmp_path, names, train=names[:4], labeled_2=names[:2], val=names[4:])
 
 
-def test_cvbm_arm_at_cpu_scale_in_3d_with_zoom(dataset, tmp_path):
+def test_cvbm_arm_at_cpu_scale_in_3d_is_planned(dataset, tmp_path):
     out = tmp_path / "out"
     code = accuracy.main([str(dataset), "--labeled", "2", "--arm", "cvbm", "--dim", "3", "--out", str(out),
                           "--set", "width=4", "--set", "pretrain_iterations=2", "--set", "selftrain_iterations=2",
                           "--set", "patch_size=16,16,32", "--set", "validate_every=1"])
     assert code == 0
     report = json.loads((out / "summary.json").read_text())
-    assert report["zoom"] == accuracy.CPU_3D_ZOOM and report["config"]["patch_size"] == [16, 16, 32]
+    assert report["config"]["patch_size"] == [16, 16, 32]  # --set wins over the plan
+    assert report["config"]["spacing"] == [1.0, 1.0, 1.0] and "patches 16×16×32" in report["plan"]
     assert set(report["results"]) == {"cvbm fg", "cvbm mix", "cvbm avg", "cvbm bg", "supervised (its teacher) fg"}
     rows = list(csv.DictReader((out / "cvbm_fg.csv").open()))
     # scored on the original 24x40x40 grid of the one val case, with the four metrics
@@ -65,3 +70,19 @@ def test_labeled_budget_follows_the_protocol_without_a_labeled_list():
     assert accuracy.labeled_cases(splits, 1) == ["p2_f1", "p2_f2"]  # both frames of the first patient
     assert accuracy.labeled_cases({**splits, "labeled_1": ["p3_f1"]}, 1) == ["p3_f1"]
     assert accuracy.labeled_cases({"train": ["a", "b", "c"]}, 2) == ["a", "b"]
+
+
+def test_sparse_slices_trains_on_the_corrected_slices_only(tmp_path):
+    import sparse_slices
+
+    names = [f"c{i:02d}" for i in range(22)]
+    write_dataset(tmp_path, names, train=names)
+    label = np.zeros((24, 4, 4), np.uint8)
+    label[6:18] = 1
+    assert sparse_slices.evenly_spread(label, 3).tolist() == [9, 12, 14]  # inside slices 6..17
+    out = tmp_path / "out"
+    assert sparse_slices.main([str(tmp_path), "--volumes", "1", "--slices", "3", "--out", str(out),
+                               "--set", "width=4", "--set", "pretrain_iterations=2",
+                               "--set", "selftrain_iterations=2", "--set", "patch_size=16,16,32"]) == 0
+    report = json.loads((out / "summary.json").read_text())
+    assert report["volumes"] == ["c00"] and 0 <= report["student"] <= 1 and "patches 16×16×32" in report["plan"]

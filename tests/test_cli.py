@@ -161,3 +161,39 @@ def test_4d_image_needs_a_channel(tmp_path):
     result = cvbm("predict", model, tmp_path / "cine.nii.gz", "--out", tmp_path / "p", "--channel", "1")
     assert result.returncode == 0, result.stderr
     assert read_labels(tmp_path / "p" / "cine.nii.gz").array.shape == (16, 24, 20)
+
+
+def test_predict_writes_the_slice_ranking(tmp_path):
+    from napari_cvbm.core.checkpoint import build_model, save_model
+    from napari_cvbm.core.config import preset
+    from napari_cvbm.core.io import read_image
+
+    config = preset("cpu", 3, width=4, patch_size=(32, 32, 32))
+    model = save_model(tmp_path / "m.pt", build_model(config), config)
+    data = make_folder(tmp_path / "data")
+    out = tmp_path / "p"
+    result = cvbm("predict", model, data / "images", "--out", out, "--ranking", "--probabilities")
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader((out / "ranking.csv").open()))
+    assert list(rows[0]) == ["case", "slice", "score", "rank"] and len(rows) == 2 * 32
+    for case in ("c0", "c1"):
+        mine = [r for r in rows if r["case"] == case]
+        assert [int(r["rank"]) for r in mine] == list(range(1, 33))
+        scores = np.array([float(r["score"]) for r in mine])
+        assert np.all(np.diff(scores) <= 0) and scores[0] > scores[-1]
+        wrong = np.minimum(1.0, 1.0 - read_image(out / "maps" / f"{case}_confidence_fg.nii.gz").array
+                           + read_image(out / "maps" / f"{case}_disagreement.nii.gz").array)
+        expected = wrong.reshape(32, -1).sum(1, dtype=np.float64)
+        np.testing.assert_allclose(scores, expected[[int(r["slice"]) for r in mine]], rtol=1e-4)
+
+    alone = cvbm("predict", model, data / "images", "--out", tmp_path / "q", "--ranking")  # fg mode: bg still run
+    assert alone.returncode == 0, alone.stderr
+    again = list(csv.DictReader((tmp_path / "q" / "ranking.csv").open()))
+    np.testing.assert_allclose([float(r["score"]) for r in again], [float(r["score"]) for r in rows], rtol=1e-3)
+
+    taken = tmp_path / "r"
+    taken.mkdir()
+    (taken / "ranking.csv").write_text("mine")
+    assert_one_error_line(cvbm("predict", model, data / "images", "--out", taken, "--ranking"),
+                          "ranking.csv already exists", "--overwrite")
+    assert [p.name for p in taken.iterdir()] == ["ranking.csv"] and (taken / "ranking.csv").read_text() == "mine"

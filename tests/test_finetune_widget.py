@@ -1,4 +1,5 @@
-"""The Fine-tune widget in a real napari viewer: annotated slices, training, cancel, snapshot, errors."""
+"""The Fine-tune widget in a real napari viewer: annotated slices, held-out check, training, cancel,
+snapshot, errors."""
 
 import errno
 import time
@@ -15,6 +16,7 @@ from napari_cvbm.core.config import preset
 from napari_cvbm.core.errors import CVBMNotice
 from napari_cvbm.core.inference import predict
 from napari_cvbm.core.io import read_image, read_labels
+from napari_cvbm.core.training import TrainingRun
 from napari_cvbm.gui.finetune import FineTuneWidget
 from napari_cvbm.gui.widgets.training_settings import START_ACTIVE, START_NEW_2D, START_NEW_3D
 from napari_cvbm.synthetic import SAMPLE_DATA
@@ -46,6 +48,20 @@ def viewer(make_napari_viewer, store, sample):
     return viewer
 
 
+BLIND = torch.tensor([6.0, -6.0])  # added to the fg head's output bias: it then sees no foreground
+
+
+@pytest.fixture
+def blind_model(store):
+    """The starter model made blind to the foreground (held-out Dice 0), as the active model."""
+    model, config = store.get()
+    blind = build_model(config)
+    blind.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        blind.decoder_fg.out.bias += BLIND
+    return store.add("blind starter", blind, config)
+
+
 def dock(viewer) -> FineTuneWidget:
     _, widget = viewer.window.add_plugin_dock_widget(*WIDGET)
     return widget
@@ -60,7 +76,7 @@ def state_of(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_reports_edited_slices_and_fine_tunes(viewer, store, qtbot):
+def test_reports_edited_slices_and_fine_tunes(viewer, store, blind_model, qtbot):
     widget = dock(viewer)
     assert widget.data.update_summary() == "case_001 segmentation: slices 20–21, 30 count as labeled (3 of 48)"
     assert [item.name for item in widget.data.checked_unlabeled()] == ["case_004"]
@@ -75,7 +91,10 @@ def test_reports_edited_slices_and_fine_tunes(viewer, store, qtbot):
     ticks = []
     timer = QTimer(interval=20, timeout=lambda: ticks.append(time.perf_counter()))
     timer.start()
+    details = []
+    widget.status.events.detail.connect(details.append)
     assert widget.start() is not None
+    assert "checked on held-out slice" in widget.status.message
     bar = widget.runner.pbar
     assert bar.total == 6  # napari's activity dock shows the run's progress
     qtbot.waitUntil(lambda: not widget.running, timeout=LONG_MS)
@@ -94,9 +113,21 @@ def test_reports_edited_slices_and_fine_tunes(viewer, store, qtbot):
     qtbot.waitUntil(lambda: widget.progress.loss_plot.redraws >= 1)
     assert "fine-tuned 1" in widget.status.message == widget.progress.message.text()
     assert widget.progress.detail.text().endswith(f"min on cpu ({widget.run.precision})")  # where and how it ran
-    # only the 4 counted slices were annotated in the training case
-    case = widget.run.labeled.cases[0]
-    np.testing.assert_array_equal(np.flatnonzero(case.annotated.any((1, 2))), [20, 21, 30, 40])
+    # one of the 4 counted slices was held out to check the run, the training case has the other 3
+    run = widget.run
+    (held,) = run.validation
+    trained = np.flatnonzero(run.labeled.cases[0].annotated.any((1, 2))).tolist()
+    checked = np.flatnonzero(held.annotated.any((1, 2))).tolist()
+    assert checked in ([21], [30]) and sorted(trained + checked) == [20, 21, 30, 40]
+    assert widget.status.held_out == f"slice {checked[0]} of 'case_001 segmentation'"
+    # checked before the first step and at every step (6 steps: about 10 checks, at least one a step)
+    assert run.config.validate_every == 1 and run.initial_dice == 0.0  # the blind model finds nothing
+    assert widget.status.message.startswith(f"Held-out Dice on your corrections: before 0.00, after "
+                                            f"{run.final_dice:.2f}. 'fine-tuned 1' is now the active model")
+    plot = widget.progress.loss_plot
+    assert plot.dice == [list(range(7)), [0.0] + [e.validation_dice for e in widget.status.history]]
+    assert plot.dice_axes.get_visible() and plot.dice_axes.get_ylim() == (0.0, 1.0)
+    assert any("held-out Dice" in d for d in details)  # shown while it ran
 
 
 def test_cancel_keeps_the_previous_model(viewer, store, qtbot):
@@ -373,6 +404,10 @@ def test_the_status_is_the_jobs_one_source_of_truth(viewer, store, qtbot):
     assert widget.running and not widget.start_button.isEnabled() and widget.cancel_button.isEnabled()
     qtbot.waitUntil(lambda: not widget.running, timeout=LONG_MS)
     assert states == ["preparing", "running", "done"]
+    assert widget.run.validation == [] and widget.run.initial_dice is None  # 3 corrected slices: none held out
+    assert widget.status.message.startswith("Not checked on held-out corrections: too few corrected slices to "
+                                            "hold any out: add corrections in at least 4 slices. 'fine-tuned 1'")
+    assert not widget.progress.loss_plot.dice_axes.get_visible()
     assert widget.progress.loss_plot.axes.get_xlim() == (0.0, 3.0)  # cleared for this run
     assert widget.status.step == 3 and widget.progress.progress.value() == 3
     assert widget.status.run is widget.run and widget.run.phase == "done"
@@ -417,3 +452,28 @@ def test_advanced_form_is_generated_from_train_config(make_napari_viewer, store)
     fields["patch_size"].value = "32, 64"
     with pytest.raises(Exception, match="patch size must be 3 whole numbers"):
         widget.settings.training_config()
+
+
+def test_a_fine_tune_worse_on_the_held_out_slices_keeps_the_model(viewer, store, qtbot, monkeypatch, notes):
+    optimise = TrainingRun._optimise
+
+    def blinding(self, terms):  # every step also blinds the fg head: the run ends worse than it began
+        losses = optimise(self, terms)
+        with torch.no_grad():
+            self.model.decoder_fg.out.bias += BLIND
+        return losses
+
+    monkeypatch.setattr(TrainingRun, "_optimise", blinding)
+    widget = dock(viewer)
+    viewer.layers["case_001 segmentation"].paint((40, 60, 60), 1, refresh=True)  # a 4th corrected slice
+    previous, before = store.active, state_of(store.get()[0])
+    tiny(widget, pretrain=2, selftrain=1)
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.running, timeout=LONG_MS)
+    run = widget.run
+    assert len(run.validation) == 1 and run.initial_dice > 0.8 and run.final_dice == 0.0
+    message = (f"Fine-tuning made the model worse on your held-out corrections (before {run.initial_dice:.2f}, "
+               f"after 0.00): the active model is still '{previous}'.")
+    assert widget.status.message == message == widget.progress.message.text() and message in notes[-1]
+    assert store.active == previous and not any(n.startswith("fine-tuned") for n in store.names())
+    assert all(torch.equal(before[k], v) for k, v in store.get()[0].state_dict().items())

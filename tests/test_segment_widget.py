@@ -188,3 +188,41 @@ def test_bad_images_are_refused_with_notifications(tiny_widget, qtbot, notificat
     assert widget.segment(rgb) is None
     assert any("RGB" in message for message in errors(notifications))
     assert not made_layers(viewer, "slice") and widget._segment_button.isEnabled()
+
+
+def expected_order(layers):
+    """Slices by the sum of min(1, (1 - fg confidence) + disagreement), from the layers shown."""
+    wrong = np.minimum(1.0, 1.0 - layers["confidence_fg"].data + layers["disagreement"].data)
+    return list(np.argsort(-wrong.reshape(wrong.shape[0], -1).sum(1, dtype=np.float64), kind="stable"))
+
+
+def test_slices_to_correct_next_jump_and_leave_when_corrected(tiny_widget, qtbot):
+    viewer, widget = tiny_widget
+    panel = widget.ranking
+    image = add_sample(viewer)
+    assert panel.slices() == [] and "Segment an image" in panel.info.text()
+    segment(qtbot, widget)
+    layers = made_layers(viewer)
+    seg = layers["segmentation"]
+    shown = panel.slices()
+    assert shown == expected_order(layers) and sorted(shown) == list(range(image.data.shape[0]))
+    rows = [panel.list.item(i).text() for i in range(panel.list.count())]
+    assert rows[0] == f"slice {shown[0]} · uncertainty {float(rows[0].split()[-1]):.0f}"
+    scores = [float(row.split()[-1]) for row in rows]
+    assert scores == sorted(scores, reverse=True) and scores[0] > scores[-1]
+
+    viewer.layers.selection.active = image
+    target = shown[1] if shown[1] != viewer.dims.current_step[0] else shown[2]
+    panel.list.itemClicked.emit(panel.list.item(shown.index(target)))
+    assert viewer.dims.current_step[0] == target
+    assert viewer.layers.selection.active is seg
+
+    seg.paint((target, 40, 40), 2)  # correct the slice shown
+    qtbot.waitUntil(lambda: target not in panel.slices(), timeout=5_000)
+    assert panel.slices() == [z for z in shown if z != target]
+    assert "1 corrected" in panel.info.text()
+
+    panel.jump(shown[0])
+    assert viewer.dims.current_step[0] == shown[0]
+    viewer.layers.remove(image)  # closing the image clears the list
+    assert panel.slices() == [] and "Segment an image" in panel.info.text()

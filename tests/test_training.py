@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import blob_volume
 
-from napari_cvbm.core.checkpoint import load_checkpoint, load_model
+from napari_cvbm.core.checkpoint import build_model, load_checkpoint, load_model
 from napari_cvbm.core.data import make_case
 from napari_cvbm.core.errors import CVBMInputError
 from napari_cvbm.core.training import TrainingRun
@@ -117,3 +117,72 @@ def test_load_cases_by_name(tmp_path):
     assert [c.name for c in load_cases(tmp_path / "images", names=["b"])] == ["b"]
     with pytest.raises(CVBMInputError, match="not found"):
         load_cases(tmp_path / "images", names=["zzz"])
+
+
+def _masked_dice(model, config, case):
+    """The fg-head Dice of ``model`` on ``case``'s annotated voxels, computed here by hand."""
+    from napari_cvbm.core.metrics import dice_score
+    from napari_cvbm.core.predictor import Predictor
+
+    labels = Predictor(model, config)(case.image, heads="fg", device="cpu", amp=config.amp).labels
+    region = case.annotated if case.annotated is not None else np.ones(labels.shape, bool)
+    return dice_score(labels[region], case.label[region], config.num_classes)
+
+
+def test_validation_scores_only_the_annotated_voxels(tiny_config):
+    image, label = blob_volume(3)
+    annotated = np.zeros(label.shape, bool)
+    annotated[12:20] = True  # the held-out slices
+    wrong = label.copy()
+    wrong[~annotated] = 1 - label[~annotated]  # every other voxel carries the wrong label
+    scores = {}
+    for name, truth, mask in [("right", label, annotated), ("wrong", wrong, annotated), ("unmasked", wrong, None)]:
+        torch.manual_seed(0)
+        run = TrainingRun(tiny_config, [make_case("train", image, label)],
+                          validation=[make_case(name, image, truth, annotated=mask)])
+        scores[name] = run._validate()
+    assert scores["wrong"] == scores["right"] == pytest.approx(_masked_dice(run.model, tiny_config, make_case(
+        "v", image, label, annotated=annotated)))
+    assert scores["unmasked"] != scores["right"]  # without the mask the wrong labels would count
+
+
+def test_initial_dice_is_that_of_the_starting_weights_and_survives_resume(tiny_cases, tiny_config, tmp_path):
+    labeled, unlabeled = tiny_cases
+    image, label = blob_volume(5)
+    annotated = np.zeros(label.shape, bool)
+    annotated[10:22:3] = True
+    validation = [make_case("held", image, label, annotated=annotated)]
+    torch.manual_seed(1)
+    start = build_model(tiny_config)
+    expected = _masked_dice(start, tiny_config, validation[0])
+    run = TrainingRun(tiny_config, labeled, unlabeled, validation=validation, out_dir=tmp_path,
+                      initial_weights=start.state_dict())
+    assert run.initial_dice is None  # measured when the run starts
+    events = run.events()
+    scored = [next(events) for _ in range(6)]  # into self-training, right after a checkpoint
+    assert run.initial_dice == pytest.approx(expected)
+    dices = [e.validation_dice for e in scored]
+    assert run.pretrained_dice == max(d for d in dices[:4] if d is not None)
+    events.close()
+
+    resumed = TrainingRun.resume(tmp_path / "last.pt", labeled, unlabeled, validation=validation)
+    assert resumed.initial_dice == run.initial_dice and resumed.pretrained_dice == run.pretrained_dice
+    calls = []
+    score = resumed._score
+    resumed._score = lambda: calls.append(1) or score()
+    rest = list(resumed.events())
+    assert len(calls) == sum(e.validation_dice is not None for e in rest) == 1  # no second initial score
+    assert resumed.initial_dice == run.initial_dice
+    dices = [e.validation_dice for e in scored[4:] + rest if e.validation_dice is not None]
+    assert resumed.final_dice == resumed.best_dice == max(dices)
+
+
+def test_final_dice_without_self_training_is_the_teachers(tiny_cases, tiny_config):
+    labeled, unlabeled = tiny_cases
+    run = TrainingRun(dataclasses.replace(tiny_config, selftrain_iterations=0), labeled, unlabeled,
+                      validation=labeled[:1])
+    events = list(run.events())
+    assert run.phase == "done" and run.best_dice < 0
+    dices = [e.validation_dice for e in events if e.validation_dice is not None]
+    assert run.final_dice == run.pretrained_dice == max(dices)
+    assert TrainingRun(tiny_config, labeled).final_dice is None

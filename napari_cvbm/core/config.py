@@ -24,6 +24,7 @@ class TrainConfig:
     norm: str = "instance"  # or "batch" (the 2D U-Net of the release uses BatchNorm)
     patch_size: Tuple[int, ...] = (80, 112, 112)
     slice_size: Optional[Tuple[int, int]] = None  # 2D only: resize whole slices to this (ACDC protocol)
+    spacing: Optional[Tuple[float, ...]] = None  # working voxel spacing in mm (the plan); None: each image's own
     batch_labeled: int = 4
     batch_unlabeled: int = 4
     pretrain_iterations: int = 2000
@@ -67,6 +68,8 @@ class TrainConfig:
             problems.append(f"patch_size {self.patch_size} must have {self.dim} sides for dim={self.dim}")
         if self.slice_size is not None and self.dim != 2:
             problems.append("slice_size is for 2D runs (dim=2) only; a 3D run uses patch_size")
+        if self.spacing is not None and len(self.spacing) != self.dim:
+            problems.append(f"spacing {self.spacing} must have {self.dim} values for dim={self.dim}")
         name = "slice_size" if self.slice_size else "patch_size"
         size = self.slice_size or self.patch_size
         if len(size) == self.dim:
@@ -83,6 +86,11 @@ class TrainConfig:
     def architecture(self) -> dict:
         """The settings that define the network (spec 1): a model is rebuilt from these alone."""
         return {name: getattr(self, name) for name in ARCHITECTURE}
+
+    def model_input(self) -> dict:
+        """What the network was trained to see (spec 7): window or slice size and working spacing;
+        fine-tuning a model keeps them, and its predictor uses them."""
+        return {name: getattr(self, name) for name in MODEL_INPUT}
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
@@ -126,6 +134,8 @@ RANGES = {
 }
 #: The settings that define the network: every rebuild of a trained model keeps them.
 ARCHITECTURE = ("dim", "num_classes", "width", "background_branch", "norm")
+#: What a trained network expects of its input: the window or slice size and the working spacing.
+MODEL_INPUT = ("patch_size", "slice_size", "spacing")
 #: What a resumed run may change: how long it trains, how often it validates and saves, how it computes.
 RESUMABLE = ("pretrain_iterations", "selftrain_iterations", "validate_every", "checkpoint_every", "amp",
              "compile", "channels_last")
@@ -154,12 +164,15 @@ def _expected(value, kind) -> Optional[str]:
     if kind in checks:
         check, wanted = checks[kind]
         return None if check(value) else wanted
-    sides = get_args(kind)  # Tuple[int, ...] or Tuple[int, int]
+    sides = get_args(kind)  # Tuple[int, ...], Tuple[int, int] or Tuple[float, ...]
     count = None if sides[-1] is Ellipsis else len(sides)
-    fine = isinstance(value, tuple) and len(value) > 0 and all(_is_int(v) and v > 0 for v in value) \
+    whole = sides[0] is int
+    positive = (lambda v: _is_int(v) and v > 0) if whole else (lambda v: _is_finite_number(v) and v > 0)
+    fine = isinstance(value, tuple) and len(value) > 0 and all(positive(v) for v in value) \
         and count in (None, len(value))
-    example = ",".join(["32", "48", "48"][-(count or 3):])
-    return None if fine else f"{count or 'a tuple of'} positive whole numbers (e.g. {example})"
+    example = ",".join((["32", "48", "48"] if whole else ["2.5", "1.25", "1.25"])[-(count or 3):])
+    what = "positive whole numbers" if whole else "positive numbers"
+    return None if fine else f"{count or 'a tuple of'} {what} (e.g. {example})"
 
 
 def _shown(value) -> str:

@@ -67,6 +67,18 @@ class Prediction:
         """Class probabilities of :attr:`mode` (for avg, computed on access)."""
         return combine_views(self.mode, self.fg, self.bg, self.mix)
 
+    @classmethod
+    def from_views(cls, fg: np.ndarray, bg: Optional[np.ndarray], mix: Optional[np.ndarray], mode: str,
+                   largest_component: bool = False) -> "Prediction":
+        """The labels and maps of the views' probabilities (spec 7)."""
+        num_classes = fg.shape[0]
+        labels = combine_views(mode, fg, bg, mix).argmax(axis=0).astype(np.uint8 if num_classes <= 256 else np.int32)
+        if largest_component:
+            labels = largest_component_per_class(labels, num_classes)
+        return cls(labels=labels, fg=fg, bg=bg, mix=mix, fg_confidence=confidence_map(fg),
+                   bg_confidence=confidence_map(bg) if bg is not None else None,
+                   disagreement=disagreement_map(fg, bg) if bg is not None else None, mode=mode)
+
 
 # --------------------------------------------------------------------------------------------
 # helpers
@@ -302,26 +314,11 @@ def predict(
     finally:
         model.train(was_training)
 
-    fg = views[0]
-    bg = views[1] if num_views == 3 else None
-    mix = views[2] if num_views == 3 else None
-    probs = combine_views(mode, fg, bg, mix)
-    label_dtype = np.uint8 if num_classes <= 256 else np.int32
-    labels = probs.argmax(axis=0).astype(label_dtype)
-    if largest_component:
-        labels = largest_component_per_class(labels, num_classes)
+    bg, mix = (views[1], views[2]) if num_views == 3 else (None, None)
+    result = Prediction.from_views(views[0], bg, mix, mode, largest_component)
     if progress is not None:
         progress(1.0)
-    return Prediction(
-        labels=labels,
-        fg=fg,
-        bg=bg,
-        mix=mix,
-        fg_confidence=confidence_map(fg),
-        bg_confidence=confidence_map(bg) if bg is not None else None,
-        disagreement=disagreement_map(fg, bg) if bg is not None else None,
-        mode=mode,
-    )
+    return result
 
 
 def _sliding(x, predictor, settings: _Settings, overlap, dev, blend):

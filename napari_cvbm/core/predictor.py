@@ -1,14 +1,17 @@
 """A trained model together with the inference settings it was trained for (spec 7).
 
-Like nnU-Net's predictor, it carries its own patch or slice size and window overlap, so no caller
-passes them by hand: the CLI, the widgets, validation and the benchmarks all segment through it.
+Like nnU-Net's predictor, it carries its own patch or slice size, window overlap and working
+spacing (the plan, ``core.planning``), so no caller passes them by hand: the CLI, the widgets,
+validation and the benchmarks all segment through it.
 """
 
 from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
+from . import resampling
 from .checkpoint import load_model
 from .config import TrainConfig
 from .inference import Prediction, predict
@@ -26,8 +29,23 @@ class Predictor:
         """The model of a checkpoint file, through the safe loading path (core.checkpoint)."""
         return cls(*load_model(path))
 
-    def __call__(self, image: np.ndarray, **options) -> Prediction:
+    def __call__(self, image: np.ndarray, spacing: Optional[Sequence[float]] = None, **options) -> Prediction:
         """:func:`~.inference.predict` with this model's window settings; ``options`` as predict's
-        (mode, heads, device, largest_component, progress, amp...)."""
+        (mode, heads, device, largest_component, progress, amp...).
+
+        With ``spacing`` (the image's voxel size in mm, array order) and a model trained at a working
+        spacing (the plan), the image is resampled to it and the probabilities back onto the image's
+        own grid, where the labels and maps are computed: the result always has the image's shape."""
+        factors = resampling.zoom_factors(spacing, self.config.spacing) if spacing is not None else None
+        if factors is None:
+            return self._predict(image, **options)
+        largest = options.pop("largest_component", False)
+        small = self._predict(resampling.resample_image(np.asarray(image), resampling.working_shape(
+            np.shape(image), factors)), **options)
+        views = [None if v is None else resampling.resample_probabilities(v, np.shape(image))
+                 for v in (small.fg, small.bg, small.mix)]
+        return Prediction.from_views(*views, mode=small.mode, largest_component=largest)
+
+    def _predict(self, image: np.ndarray, **options) -> Prediction:
         return predict(self.model, image, patch_size=self.config.patch_size, slice_size=self.config.slice_size,
                        overlap=self.config.inference_overlap, **options)

@@ -35,6 +35,7 @@ from .networks import CVBMOutput
 from .predictor import Predictor
 from .prefetch import Prefetcher
 from .pseudo_labels import pseudo_labels
+from .resampling import resample_case
 
 PHASES = ("pretrain", "selftrain", "done")
 PHASE_NAMES = {"pretrain": "teacher pre-training", "selftrain": "student self-training"}  # spec 5, 6
@@ -92,6 +93,9 @@ class TrainingRun:
                  validation: Sequence[Case] = (), out_dir=None, device=None,
                  initial_weights: Optional[dict] = None):
         _check_cases(config, labeled, unlabeled)
+        # at the plan's working spacing (core/planning.py); validation is scored there too
+        labeled, unlabeled, validation = ([resample_case(c, config.spacing) for c in group]
+                                          for group in (labeled, unlabeled, validation))
         self.config = config
         self.device = distributed.local_device(choose_device(device or "auto"))
         self.main_process = distributed.is_main_process()
@@ -131,13 +135,18 @@ class TrainingRun:
         self.best_dice = -1.0
         self.best_state: Optional[dict] = None
         self.pretrained_state: Optional[dict] = None
+        self.initial_dice: Optional[float] = None  # validation Dice of the starting weights, before any step
+        self.pretrained_dice: Optional[float] = None  # validation Dice of the selected teacher
         self.optimizer = self._new_optimizer()
         self._batches: Optional[Prefetcher] = None
         self.resume_changes: List[str] = []  # "name old -> new" for each setting a resumed run changed
 
     # -- public API ---------------------------------------------------------------------
     def events(self) -> Iterator[ProgressEvent]:
-        """Run what is left of the two phases, yielding one event per step."""
+        """Run what is left of the two phases, yielding one event per step; a run with validation
+        cases first scores its starting weights (``initial_dice``)."""
+        if self.validation and self.initial_dice is None and (self.phase, self.iteration) == ("pretrain", 0):
+            self.initial_dice = self._score()
         if self.phase == "pretrain":
             yield from self._loop(self.config.pretrain_iterations, self._pretrain_step, self._draw_labeled)
             self._finish_pretraining()
@@ -150,6 +159,12 @@ class TrainingRun:
         model = build_model(self.config)
         model.load_state_dict(self.best_state or self.model.state_dict())
         return model.eval()
+
+    @property
+    def final_dice(self) -> Optional[float]:
+        """Validation Dice of the model :meth:`final_model` returns once the run is done (None
+        without validation); with no self-training, that of the selected teacher."""
+        return self.best_dice if self.best_dice >= 0 else self.pretrained_dice
 
     def pretrained_model(self) -> torch.nn.Module:
         """The selected supervised-only teacher (after pre-training)."""
@@ -257,6 +272,7 @@ class TrainingRun:
 
     def _finish_pretraining(self):
         self.pretrained_state = distributed.broadcast_state(self._selected_state(), self.device)
+        self.pretrained_dice = self.best_dice if self.best_dice >= 0 else None
         if self.out_dir is not None:
             self._save_weights(self.out_dir / "pretrained.pt", self.pretrained_state, "pretrain")
         self.model.load_state_dict(self.pretrained_state)
@@ -351,14 +367,21 @@ class TrainingRun:
         return self._finite(self.best_state if self.best_state is not None else _cpu_state(self.model))
 
     @torch.no_grad()
-    def _validate(self) -> float:
-        """Mean fg-head Dice over the validation cases; keeps the best weights (spec 6)."""
+    def _score(self) -> float:
+        """Mean fg-head Dice over the validation cases, each scored on its annotated voxels only."""
         cfg = self.config
         scores, predictor = [], Predictor(self.model, cfg)
         for case in self.validation:
             pred = predictor(case.image, heads="fg", device=self.device, amp=cfg.amp)
-            scores.append(dice_score(pred.labels, case.label, cfg.num_classes))
-        dice = float(np.mean(scores))
+            labels, truth = pred.labels, case.label
+            if case.annotated is not None:  # a partly corrected case counts where it was corrected
+                labels, truth = labels[case.annotated], truth[case.annotated]
+            scores.append(dice_score(labels, truth, cfg.num_classes))
+        return float(np.mean(scores))
+
+    def _validate(self) -> float:
+        """:meth:`_score`, keeping the best weights (spec 6)."""
+        dice = self._score()
         if dice > self.best_dice:
             self.best_dice, self.best_state = dice, _cpu_state(self.model)
         return dice
@@ -377,7 +400,8 @@ class TrainingRun:
             "teacher": _cpu_state(self.teacher) if self.teacher is not None else None,
             "optimizer": self.optimizer.state_dict(), "phase": self.phase, "iteration": self.iteration,
             "elapsed": self.elapsed, "best_dice": self.best_dice, "best_state": self.best_state,
-            "pretrained_state": self.pretrained_state,
+            "pretrained_state": self.pretrained_state, "initial_dice": self.initial_dice,
+            "pretrained_dice": self.pretrained_dice,
             "rng": {"numpy": numpy_state, "cutmix": self.generator.get_state(),
                     "torch": torch.get_rng_state()},
         })
@@ -404,6 +428,7 @@ class TrainingRun:
         run.phase, run.iteration = payload["phase"], payload["iteration"]
         run.elapsed, run.best_dice = payload["elapsed"], payload["best_dice"]
         run.best_state, run.pretrained_state = payload["best_state"], payload["pretrained_state"]
+        run.initial_dice, run.pretrained_dice = payload.get("initial_dice"), payload.get("pretrained_dice")
         if payload["teacher"] is not None:
             run.teacher = run._place(build_model(config)).eval()
             run.teacher.load_state_dict(payload["teacher"])

@@ -4,9 +4,15 @@ It is made of panels (``gui.widgets``): the training data, the settings, the pro
 loss plot, and the shared model panel. The job's one source of truth is a
 :class:`~.job_status.TrainingStatus`; the worker (``gui.workers.training_updates``) yields typed
 updates that this widget applies to it on the GUI thread. Cancel stops the run at the next step and
-keeps the active model; a finished run's model joins ``MODEL_STORE`` as the active model.
+keeps the active model.
+
+Part of the user's corrections is held out (``core.holdout``, spec 6): the run validates on it
+about ten times, keeps its best model and is judged by it. A finished run's model joins
+``MODEL_STORE`` as the active model unless its held-out Dice is below the starting model's
+(:func:`got_worse`).
 """
 
+import dataclasses
 import itertools
 from functools import partial
 from typing import Callable, Optional, Tuple
@@ -18,7 +24,9 @@ from qtpy.QtWidgets import QHBoxLayout, QPushButton, QVBoxLayout, QWidget
 
 from ..core.classes import infer_num_classes, interpret_labels
 from ..core.config import TrainConfig
+from ..core.data import Case
 from ..core.errors import CVBMInputError
+from ..core.holdout import Holdout, split_corrections
 from ..core.training import PHASE_NAMES, ProgressEvent, TrainingRun
 from . import models
 from .job_status import JobState, TrainingStatus
@@ -29,9 +37,21 @@ from .widgets.training_progress import TrainingProgressPanel
 from .widgets.training_settings import TrainingSettingsPanel
 from .workers import RunReady, run_from_arrays, run_from_folders, training_updates
 
+VALIDATIONS = 10  # held-out checks in a run, about
+
 
 def describe_event(event: ProgressEvent) -> str:
     return f"{PHASE_NAMES[event.phase].capitalize()} {event.iteration}/{event.total}"
+
+
+def before_after(before: float, after: float) -> str:
+    return f"before {before:.2f}, after {after:.2f}"
+
+
+def got_worse(before: Optional[float], after: Optional[float]) -> bool:
+    """Whether the held-out Dice fell, at the two decimals the user is shown (a run that changes it
+    by noise is not worse)."""
+    return before is not None and after is not None and round(after, 2) < round(before, 2)
 
 
 class FineTuneWidget(QWidget):
@@ -86,17 +106,22 @@ class FineTuneWidget(QWidget):
         if not self.runner.idle():
             return None
         try:
-            build, config, data = self._prepare()
+            build, config, data, split = self._prepare()
         except CVBMInputError as exc:
             self.runner.refuse(exc)
             return None
         total = config.pretrain_iterations + config.selftrain_iterations
-        self.status.update(pretrain=config.pretrain_iterations, run=None, last_event=None, history=[])
+        held_out = split.summary() if split else ""
+        self.status.update(pretrain=config.pretrain_iterations, run=None, last_event=None, history=[],
+                           held_out=held_out, no_held_out=split.reason if split else "",
+                           initial_dice=None, held_out_dice=None)
         model = (f"Fine-tuning '{models.MODEL_STORE.active}'" if self.settings.from_active
                  else f"Training a new {config.dim}D network (width {config.width})")
+        checked = (f", checked on held-out {held_out}" if held_out else
+                   f" (nothing held out to check it: {split.reason})" if split else "")
         worker = create_worker(training_updates, build, _start_thread=False, _ignore_errors=True)
         return self.runner.start(worker, "CVBM fine-tune", total, detail="Preparing the training data…",
-                                 message=f"{model} for {total} steps on {data}…",
+                                 message=f"{model} for {total} steps on {data}{checked}…",
                                  on_update=self._on_update, on_finished=self._on_finished)
 
     def cancel(self):
@@ -109,13 +134,14 @@ class FineTuneWidget(QWidget):
         event = self.status.last_event
         return "the start" if event is None else describe_event(event)
 
-    def _prepare(self) -> Tuple[Callable[[], TrainingRun], TrainConfig, str]:
+    def _prepare(self) -> Tuple[Callable[[], TrainingRun], TrainConfig, str, Optional[Holdout]]:
         """Copy everything the run needs now (later edits change nothing): how to build the run,
-        its config and a description of the data."""
+        its config, a description of the data and, from layers, the held-out split of the labels."""
         if self.data.from_folders:
             folders = self.data.chosen_folders()
             config, weights = self.settings.training_config()
-            return partial(run_from_folders, folders, config, weights), config, f"the images in {folders['images']}"
+            return (partial(run_from_folders, folders, config, weights), config,
+                    f"the images in {folders['images']}", None)
         labeled, unlabeled = self.data.snapshot()
         active = self.settings.active_config() if self.settings.from_active else None
         given = None if active is None else active.num_classes
@@ -123,8 +149,12 @@ class FineTuneWidget(QWidget):
         labeled = [(name, image, labels[name], *rest) for name, image, _, *rest in labeled]
         config, weights = self.settings.training_config(infer_num_classes(labels.values(), given))
         _check_model_fits(config, labeled, unlabeled)
-        return (partial(run_from_arrays, labeled, unlabeled, config, weights), config,
-                f"{len(labeled)} labeled + {len(unlabeled)} unlabeled images")
+        split = split_corrections([Case(*pair) for pair in labeled], seed=config.seed)
+        if split.held_out:
+            total = config.pretrain_iterations + config.selftrain_iterations
+            config = dataclasses.replace(config, validate_every=max(1, round(total / VALIDATIONS)))
+        return (partial(run_from_arrays, split.train, unlabeled, config, weights, split.held_out), config,
+                f"{len(labeled)} labeled + {len(unlabeled)} unlabeled images", split)
 
     # -- updates from the worker (GUI thread) ---------------------------------------------------------
     def _on_update(self, update):
@@ -136,9 +166,15 @@ class FineTuneWidget(QWidget):
             return
         event = update.event
         status.history.append(event)
+        if status.initial_dice is None and status.run is not None:  # scored before the first step
+            status.initial_dice = status.run.initial_dice
+        if event.validation_dice is not None:
+            status.held_out_dice = event.validation_dice
         step = event.iteration + (status.pretrain if event.phase == "selftrain" else 0)
+        dice = "" if status.held_out_dice is None else f"  ·  held-out Dice {status.held_out_dice:.2f}"
         status.update(step=step, last_event=event,
-                      detail=f"{describe_event(event)}  ·  loss {event.losses['total']:.3f}  ·  {event.elapsed:.0f} s")
+                      detail=f"{describe_event(event)}  ·  loss {event.losses['total']:.3f}{dice}  ·  "
+                             f"{event.elapsed:.0f} s")
 
     def _on_finished(self):
         status = self.status
@@ -148,13 +184,21 @@ class FineTuneWidget(QWidget):
             status.update(state=JobState.CANCELLED, detail=f"Cancelled at {last}",
                           message=f"Cancelled at {last}; the active model is still '{models.MODEL_STORE.active}'.")
             return
+        detail = f"Done: {status.total} steps in {run.elapsed / 60:.1f} min on {run.device} ({run.precision})"
+        before, after = run.initial_dice, run.final_dice
+        if got_worse(before, after):  # the run's model is discarded
+            message = (f"Fine-tuning made the model worse on your held-out corrections "
+                       f"({before_after(before, after)}): the active model is still '{models.MODEL_STORE.active}'.")
+            status.update(state=JobState.DONE, detail=detail, message=message)
+            show_info(f"CVBM fine-tune: {message}")
+            return
         taken = models.MODEL_STORE.names()
         name = next(f"fine-tuned {n}" for n in itertools.count(1) if f"fine-tuned {n}" not in taken)
         models.MODEL_STORE.add(name, run.final_model(), run.config)
-        minutes = run.elapsed / 60
-        status.update(state=JobState.DONE,
-                      detail=f"Done: {status.total} steps in {minutes:.1f} min on {run.device} ({run.precision})",
-                      message=f"'{name}' is now the active model (the Segment widget uses it). "
+        checked = (f"Held-out Dice on your corrections: {before_after(before, after)}. " if before is not None
+                   else f"Not checked on held-out corrections: {status.no_held_out}. " if status.no_held_out else "")
+        status.update(state=JobState.DONE, detail=detail,
+                      message=f"{checked}'{name}' is now the active model (the Segment widget uses it). "
                               "Save model… writes it for `cvbm predict`.")
         show_info(f"CVBM fine-tune finished: '{name}' is now the active model")
 

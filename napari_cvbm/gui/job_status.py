@@ -52,9 +52,15 @@ class JobStatus:
 @dataclass
 class TrainingStatus(JobStatus):
     """A fine-tune's status: also its run (once the worker has built it), the steps where
-    self-training starts (``pretrain``) and every progress event so far (``history``, spec 5, 6)."""
+    self-training starts (``pretrain``), every progress event so far (``history``, spec 5, 6) and
+    the held-out check (``core.holdout``): what is held out (``held_out``) or why nothing is
+    (``no_held_out``), the starting model's Dice on it and the latest one."""
 
     pretrain: int = 0
     run: Optional[TrainingRun] = None
     last_event: Optional[ProgressEvent] = None
     history: List[ProgressEvent] = field(default_factory=list)
+    held_out: str = ""
+    no_held_out: str = ""
+    initial_dice: Optional[float] = None
+    held_out_dice: Optional[float] = None

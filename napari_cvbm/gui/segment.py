@@ -3,8 +3,9 @@
 Prediction runs in a napari thread worker on a copy of the layer (``gui.jobs`` shows its progress
 and errors the same way as the Fine-tune widget); the results become layers
 (:mod:`napari_cvbm.gui.layers`). "Compare fg/bg" shows the confidence of the two views side by
-side (:mod:`napari_cvbm.gui.compare`). When the shared model store changes (a checkpoint was
-loaded, a model fine-tuned or picked), the last segmented image is segmented again.
+side (:mod:`napari_cvbm.gui.compare`). "Slices to correct next" lists the image's slices, least
+sure first (:mod:`napari_cvbm.gui.widgets.slice_ranking`). When the shared model store changes (a
+checkpoint was loaded, a model fine-tuned or picked), the last segmented image is segmented again.
 """
 
 import time
@@ -22,15 +23,17 @@ from superqt.utils import signals_blocked
 
 from ..core.device import available_devices
 from ..core.errors import CVBMInputError
+from ..core.guidance import rank_slices
 from ..core.predictor import Predictor
 from . import models
 from .compare import CompareView, confidence_pair
 from .job_status import JobState, JobStatus
 from .jobs import JobRunner
-from .layers import show_prediction
+from .layers import SEGMENTATION, show_prediction
 from .snapshots import snapshot, source_images
 from .widgets.job_panel import JobPanel
 from .widgets.model_panel import ModelPanel
+from .widgets.slice_ranking import SliceRankingPanel
 from .workers import segmentation
 
 MODE_TIPS = {
@@ -100,6 +103,8 @@ class SegmentWidget(QWidget):
         layout.addWidget(Container(widgets=[self._mode, self._device, self._largest]).native)
         layout.addLayout(buttons)
         layout.addWidget(JobPanel(self.status))
+        self.ranking = SliceRankingPanel(self.viewer, self.runner.lifetime)
+        layout.addWidget(self.ranking)
         layout.addStretch(1)
 
     def reset_choices(self, *_):
@@ -146,7 +151,8 @@ class SegmentWidget(QWidget):
             return None
         name = models.MODEL_STORE.active
         worker = create_worker(
-            segmentation, Predictor(model, config), snapshot(image_layer), mode=self._mode.value, heads="all",
+            segmentation, Predictor(model, config), snapshot(image_layer), spacing=tuple(image_layer.scale),
+            mode=self._mode.value, heads="all",
             device=self._device.value, largest_component=self._largest.value,
             progress=lambda fraction: self._progress_changed.emit(int(round(100 * fraction))),
             _start_thread=False, _ignore_errors=True)
@@ -162,7 +168,8 @@ class SegmentWidget(QWidget):
             return
         comparing = self.compare.shown
         self.set_compare(False)  # compare mode follows the newest result
-        show_prediction(self.viewer, image_layer, result)
+        made = show_prediction(self.viewer, image_layer, result)
+        self.ranking.show_ranking(image_layer, made[SEGMENTATION], rank_slices(result))
         self._last_run = (image_layer, model)
         self.set_compare(comparing)
         share = 100.0 * np.count_nonzero(result.labels) / result.labels.size

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..core.classes import infer_num_classes
 from ..core.config import TrainConfig
-from ..core.data import load_cases, make_case
+from ..core.data import Case, load_cases, make_case
 from ..core.errors import CVBMInputError
 from ..core.predictor import Predictor
 from ..core.threads import adapt_threads, use_training_threads
@@ -86,13 +86,23 @@ def segmentation(predictor: Predictor, image: np.ndarray, **options):
 
 
 # -- run builders (called in the worker thread) ---------------------------------------------------
-def run_from_arrays(labeled, unlabeled, config: TrainConfig, weights) -> TrainingRun:
-    """A run on layer snapshots: labeled (name, image, label, annotated, spacing), unlabeled (name, image, spacing)."""
-    labeled_cases = [make_case(name, image, label, annotated=annotated, spacing=spacing,
-                               num_classes=config.num_classes)
-                     for name, image, label, annotated, spacing in labeled]
+def run_from_arrays(labeled, unlabeled, config: TrainConfig, weights, validation=()) -> TrainingRun:
+    """A run on layer snapshots: labeled and validation cases as ``Case``s of the layers' own data
+    (e.g. a ``core.holdout.split_corrections`` of them), unlabeled (name, image, spacing). The cases
+    of one image share its normalised copy."""
+    made = {}
+
+    def prepared(case: Case) -> Case:
+        key = (id(case.image), id(case.label))
+        if key in made:
+            return dataclasses.replace(made[key], name=case.name, annotated=case.annotated)
+        made[key] = make_case(case.name, case.image, case.label, annotated=case.annotated,
+                              spacing=case.spacing, num_classes=config.num_classes)
+        return made[key]
+
+    labeled_cases, validation_cases = [prepared(c) for c in labeled], [prepared(c) for c in validation]
     unlabeled_cases = [make_case(name, image, spacing=spacing) for name, image, spacing in unlabeled]
-    return TrainingRun(config, labeled_cases, unlabeled_cases, initial_weights=weights)
+    return TrainingRun(config, labeled_cases, unlabeled_cases, validation_cases, initial_weights=weights)
 
 
 def run_from_folders(folders: dict, config: TrainConfig, weights) -> TrainingRun:

@@ -1,5 +1,5 @@
-"""A fine-tune's progress: the job panel with the live curve of every loss term between its bar
-and its message."""
+"""A fine-tune's progress: the job panel with the live curve of every loss term (and of the
+held-out Dice) between its bar and its message."""
 
 from ..job_status import JobState, TrainingStatus
 from ..loss_plot import LossPlot
@@ -16,6 +16,7 @@ class TrainingProgressPanel(JobPanel):
         self._status = status
         status.events.state.connect(self._on_state)
         status.events.last_event.connect(self._on_event)
+        status.events.initial_dice.connect(self._on_initial_dice)
 
     def _on_state(self, state: JobState):
         status = self._status
@@ -23,6 +24,12 @@ class TrainingProgressPanel(JobPanel):
             selftrain = status.pretrain if status.total > status.pretrain else None
             self.loss_plot.clear(status.total, selftrain_start=selftrain)
 
+    def _on_initial_dice(self, dice):
+        if dice is not None:  # the starting model, before the first step
+            self.loss_plot.add_dice(0, dice)
+
     def _on_event(self, event):
         if event is not None:
             self.loss_plot.add(self._status.step, event.losses)
+            if event.validation_dice is not None:
+                self.loss_plot.add_dice(self._status.step, event.validation_dice)

@@ -153,7 +153,7 @@ class TrainingSettingsPanel(QWidget):
         values = self.values(dim)
         if self.from_active:
             model, config = models.MODEL_STORE.get()
-            values.update(config.architecture(), patch_size=config.patch_size, slice_size=config.slice_size)
+            values.update(config.architecture(), **config.model_input())
             weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         else:
             values.update(num_classes=num_classes, slice_size=values["patch_size"] if dim == 2 else None)

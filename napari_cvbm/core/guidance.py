@@ -1,0 +1,65 @@
+"""Which slices to correct next: the slices where a prediction is most likely wrong (spec 7).
+
+A voxel's label is the fg view's argmax l with confidence ``P_fg[l]``, so ``1 - P_fg[l]`` is the
+fg view's probability that the label is wrong. The bg view may disagree: its probability that l
+is wrong is ``1 - Q[l] <= (1 - P_fg[l]) + |P_fg - Q|`` (the total-variation disagreement bounds
+``|P_fg[l] - Q[l]|``). So ``min(1, (1 - fg confidence) + disagreement)`` is the probability that
+the label is wrong taken pessimistically over the two views: voxels where both views are unsure
+and voxels where each view is sure but they conflict (the cross-view signal). Without a bg view
+it is ``1 - fg confidence`` alone.
+
+A slice's score is the sum over its voxels: the expected number of wrongly labelled voxels, which
+is what correcting the slice fixes. A sum favours a slice with much uncertain structure over one
+with a single noisy voxel, which a maximum would not.
+
+Slices run along axis 0; a 2D image is one slice (as in :mod:`.annotation`). Pure numpy.
+"""
+
+import csv
+import io
+from typing import Iterable, List, Optional, Tuple
+
+import numpy as np
+
+from .outputs import atomic_write
+
+RANKING_COLUMNS = ("case", "slice", "score", "rank")
+
+
+def voxel_uncertainty(prediction) -> np.ndarray:
+    """Per-voxel probability (pessimistic over the fg and bg views) that the label is wrong, in [0, 1]."""
+    wrong = np.float32(1.0) - np.asarray(prediction.fg_confidence, dtype=np.float32)
+    if prediction.disagreement is not None:
+        wrong += prediction.disagreement
+        np.minimum(wrong, np.float32(1.0), out=wrong)
+    return wrong
+
+
+def slice_uncertainty(prediction) -> np.ndarray:
+    """One score per slice (axis 0; one for a 2D image): the sum of :func:`voxel_uncertainty`,
+    float64, the expected number of wrongly labelled voxels of the slice."""
+    wrong = voxel_uncertainty(prediction)
+    slices = 1 if wrong.ndim < 3 else wrong.shape[0]
+    return wrong.reshape(slices, -1).sum(axis=1, dtype=np.float64)
+
+
+def rank_slices(prediction, exclude: Iterable[int] = (), limit: Optional[int] = None) -> List[Tuple[int, float]]:
+    """(slice, score) pairs, most uncertain first (ties: lower slice first), without the slices in
+    ``exclude`` (those already corrected); at most ``limit`` pairs."""
+    scores = slice_uncertainty(prediction)
+    order = np.argsort(-scores, kind="stable")
+    skip = {int(s) for s in exclude}
+    ranked = [(int(s), float(scores[s])) for s in order if int(s) not in skip]
+    return ranked if limit is None else ranked[:max(int(limit), 0)]
+
+
+def write_ranking(path, rankings) -> None:
+    """Write ``{case: rank_slices(...)}`` as CSV (columns :data:`RANKING_COLUMNS`, rank 1 = correct
+    first), atomically (:func:`.outputs.atomic_write`)."""
+    text = io.StringIO(newline="")
+    table = csv.writer(text, lineterminator="\n")
+    table.writerow(RANKING_COLUMNS)
+    table.writerows((case, z, f"{score:.6g}", rank)
+                    for case, ranked in rankings.items() for rank, (z, score) in enumerate(ranked, 1))
+    with atomic_write(path) as f:
+        f.write(text.getvalue().encode("utf-8"))

@@ -1,0 +1,108 @@
+"""Slices to correct next (spec 7): per-slice uncertainty from fg confidence and fg/bg disagreement."""
+
+import csv
+import time
+
+import numpy as np
+import pytest
+
+from napari_cvbm.core.guidance import rank_slices, slice_uncertainty, voxel_uncertainty, write_ranking
+from napari_cvbm.core.inference import Prediction
+
+
+def two_class(p1: np.ndarray) -> np.ndarray:
+    """(2, *S) probabilities with P(class 1) = p1."""
+    p1 = np.asarray(p1, np.float32)
+    return np.stack([1 - p1, p1])
+
+
+def sure_volume(shape=(6, 8, 8)) -> np.ndarray:
+    return np.full(shape, 0.99, np.float32)
+
+
+def test_voxel_uncertainty_bounds_the_error_probability_under_both_views():
+    fg = two_class([0.9, 0.6, 0.99, 0.5])
+    bg = two_class([0.9, 0.4, 0.01, 0.5])
+    u = voxel_uncertainty(Prediction.from_views(fg, bg, None, "fg"))
+    np.testing.assert_allclose(u, [0.1, 0.6, 0.99, 0.5], atol=1e-6)  # (1 - fg confidence) + disagreement
+    label = fg.argmax(0)
+    for view in (fg, bg):
+        wrong = 1 - np.take_along_axis(view, label[None], 0)[0]
+        assert np.all(u >= wrong - 1e-6)
+    three = Prediction.from_views(np.array([[0.4], [0.3], [0.3]], np.float32),
+                                  np.array([[0.0], [0.0], [1.0]], np.float32), None, "fg")
+    np.testing.assert_allclose(voxel_uncertainty(three), [1.0])  # 0.6 + 0.7, capped at 1
+
+
+def test_fg_only_prediction_counts_one_minus_confidence():
+    fg = two_class(sure_volume())
+    fg[:, 2, :4] = 0.5  # half of slice 2 is a coin toss
+    pred = Prediction.from_views(fg, None, None, "fg")
+    scores = slice_uncertainty(pred)
+    assert scores.shape == (6,) and scores.dtype == np.float64
+    np.testing.assert_allclose(scores[2], 32 * 0.5 + 32 * 0.01, rtol=1e-5)
+    np.testing.assert_allclose(np.delete(scores, 2), 64 * 0.01, rtol=1e-5)
+
+
+def test_slice_where_the_views_conflict_ranks_first():
+    p = sure_volume()
+    fg, bg = two_class(p), two_class(p)
+    bg[:, 4, 2:6, 2:6] = two_class(np.full((4, 4), 0.01))  # both views sure, but they disagree
+    fg[:, 1, 0, 0] = 0.5  # slice 1: a single unsure voxel
+    ranked = rank_slices(Prediction.from_views(fg, bg, None, "fg"))
+    assert [z for z, _ in ranked][:2] == [4, 1]
+    assert sorted(z for z, _ in ranked) == list(range(6))
+    scores = [s for _, s in ranked]
+    assert scores == sorted(scores, reverse=True)
+    assert ranked[0][1] == pytest.approx(16 * 0.99 + 48 * 0.01, rel=1e-5)
+
+
+def test_much_uncertain_structure_beats_one_noisy_voxel():
+    p = sure_volume()
+    p[0, 0, 0] = 0.5   # one voxel at a coin toss
+    p[3, :, :3] = 0.8  # a wide band that is fairly, not very, unsure
+    fg = two_class(p)
+    ranked = rank_slices(Prediction.from_views(fg, fg.copy(), None, "fg"))
+    assert ranked[0][0] == 3
+
+
+def test_excluded_slices_leave_and_limit_cuts():
+    p = sure_volume()
+    for z in range(6):
+        p[z, :z] = 0.6  # more unsure rows on later slices
+    pred = Prediction.from_views(two_class(p), None, None, "fg")
+    assert [z for z, _ in rank_slices(pred)] == [5, 4, 3, 2, 1, 0]
+    assert [z for z, _ in rank_slices(pred, exclude=[5, 3])] == [4, 2, 1, 0]
+    assert [z for z, _ in rank_slices(pred, exclude=np.array([4]), limit=2)] == [5, 3]
+    assert rank_slices(pred, exclude=range(6)) == []
+
+
+def test_2d_image_is_one_slice():
+    p = np.full((16, 16), 0.99, np.float32)
+    p[:4] = 0.5
+    fg = two_class(p)
+    pred = Prediction.from_views(fg, fg.copy(), None, "avg")
+    scores = slice_uncertainty(pred)
+    assert scores.shape == (1,)
+    assert scores[0] == pytest.approx(64 * 0.5 + 192 * 0.01, rel=1e-5)
+    assert rank_slices(pred) == [(0, pytest.approx(scores[0]))]
+    assert rank_slices(pred, exclude=[0]) == []
+
+
+def test_fast_on_a_volume():
+    rng = np.random.default_rng(0)
+    fg, bg = two_class(rng.random((88, 140, 180), np.float32)), two_class(rng.random((88, 140, 180), np.float32))
+    pred = Prediction.from_views(fg, bg, None, "fg")
+    rank_slices(pred)
+    started = time.perf_counter()
+    ranked = rank_slices(pred)
+    assert len(ranked) == 88 and time.perf_counter() - started < 0.5
+
+
+def test_write_ranking(tmp_path):
+    path = tmp_path / "ranking.csv"
+    write_ranking(path, {"a": [(3, 12.5), (0, 1.0)], "b": [(0, 2.0)]})
+    rows = list(csv.DictReader(path.open()))
+    assert [(r["case"], int(r["slice"]), float(r["score"]), int(r["rank"])) for r in rows] == [
+        ("a", 3, 12.5, 1), ("a", 0, 1.0, 2), ("b", 0, 2.0, 1)]
+    assert [p.name for p in tmp_path.iterdir()] == ["ranking.csv"]  # no temp file left

@@ -1,0 +1,112 @@
+"""The planner (working spacing, patch, step counts) and resampling to and from the working spacing."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_cvbm.core import planning
+from napari_cvbm.core.checkpoint import build_model, load_model, save_model
+from napari_cvbm.core.config import preset
+from napari_cvbm.core.data import Case, make_case
+from napari_cvbm.core.predictor import Predictor
+from napari_cvbm.core.resampling import resample_case, resample_labels
+
+
+def box_case(name, shape, spacing, box, annotated_slices=None):
+    """A noisy image with a box-shaped structure of ``box`` voxels (centred), labelled."""
+    rng = np.random.default_rng(len(name))
+    label = np.zeros(shape, np.int64)
+    label[tuple(slice((n - b) // 2, (n - b) // 2 + b) for n, b in zip(shape, box))] = 1
+    image = label + rng.normal(0, 0.3, shape).astype(np.float32)
+    annotated = None
+    if annotated_slices is not None:
+        annotated = np.zeros(shape, bool)
+        annotated[list(annotated_slices)] = True
+    return make_case(name, image, label, annotated=annotated, spacing=spacing)
+
+
+@pytest.fixture
+def fixed_step(monkeypatch):
+    """A training step that 'takes' 0.5 s, so step counts follow from the budget alone."""
+    monkeypatch.setattr(planning, "_step_seconds", lambda config, device: 0.5)
+
+
+def test_large_structure_coarsens_the_working_spacing_until_a_patch_sees_it(fixed_step):
+    # an LA-like volume: 0.625 mm voxels, 88 x 141 x 191, a left atrium of 36 x 56 x 101 mm
+    case = box_case("la", (88, 141, 191), (0.625,) * 3, (58, 90, 161))
+    plan = planning.plan([case], budget_s=300)
+    config = plan.config
+    # at 0.9375 mm a 32x48x80 patch (the most within the budget) sees 75 of the 81 mm needed in x
+    assert config.spacing == (1.25, 1.25, 1.25) and config.patch_size == (32, 48, 80)
+    assert np.prod(config.patch_size) <= planning.PATCH_VOXELS["cpu"]
+    seen = np.array(config.patch_size) * 1.25 / (np.array((58, 90, 161)) * 0.625)
+    assert seen.min() >= planning.CONTEXT
+    assert planning.working_spacing(planning.fingerprint([case]), planning.PATCH_VOXELS["gpu"])[0] == (0.625,) * 3
+
+
+def test_small_structure_keeps_the_native_spacing_and_anisotropy_is_kept(fixed_step):
+    small = planning.plan([box_case("s", (40, 96, 96), (1.0, 0.5, 0.5), (10, 20, 20))], budget_s=300)
+    assert small.config.spacing == (1.0, 0.5, 0.5)
+    # 5 mm slices, 0.7 mm in plane: the in-plane axes coarsen, the slices stay 5 mm
+    thick = planning.plan([box_case("t", (20, 400, 400), (5.0, 0.7, 0.7), (12, 300, 300))], budget_s=300)
+    assert thick.config.spacing[0] == 5.0 and thick.config.spacing[1] > 0.7
+
+
+def test_partly_annotated_structure_is_measured_on_the_slices_that_count():
+    case = box_case("p", (60, 64, 64), (1.0,) * 3, (40, 30, 20), annotated_slices=[20, 30, 39])
+    # slices 20, 30 and 39 hold it: 20 slices spread plus their mean gap of 9.5
+    assert planning.fingerprint([case]).structure_mm == (29.5, 30.0, 20.0)
+
+
+def test_step_counts_follow_the_budget_and_user_settings_win(fixed_step):
+    case = box_case("c", (48, 64, 64), (1.0,) * 3, (20, 30, 30))
+    plan = planning.plan([case], budget_s=300)
+    pretrain = int(300 / (0.5 * (1 + 2 * planning.SELFTRAIN_COST)))
+    assert (plan.config.pretrain_iterations, plan.config.selftrain_iterations) == (pretrain, 2 * pretrain)
+    assert plan.seconds == pytest.approx(300, rel=0.02) and "about 5 min on cpu" in plan.describe()
+    assert plan.config.validate_every == pretrain // planning.VALIDATIONS
+    given = planning.plan([case], budget_s=300, overrides={"patch_size": (32, 32, 32), "pretrain_iterations": 7,
+                                                           "selftrain_iterations": 3, "width": 4})
+    c = given.config
+    assert (c.patch_size, c.pretrain_iterations, c.selftrain_iterations, c.width) == ((32, 32, 32), 7, 3, 4)
+    assert given.step_seconds is None and "about" not in given.describe()
+
+
+def test_2d_plan_resizes_whole_slices(fixed_step):
+    case = box_case("d", (10, 200, 180), (1.0,) * 3, (6, 60, 60))
+    plan = planning.plan([case], budget_s=120, overrides={"dim": 2})
+    assert plan.config.slice_size == (128, 128) and plan.config.spacing is None
+    assert "slices resized to 128×128" in plan.describe()
+
+
+def test_annotated_slices_survive_resampling():
+    label = np.zeros((20, 8, 8), np.int64)
+    annotated = np.zeros_like(label, bool)
+    for z in (3, 4, 9):  # every other slice would keep 3 and 9 but drop 4
+        label[z] = z
+        annotated[z] = True
+    small, mask = resample_labels(label, (10, 4, 4), annotated)
+    kept = np.flatnonzero(mask.any((1, 2)))
+    assert kept.tolist() == [1, 2, 4] and small[kept, 0, 0].tolist() == [3, 4, 9]
+    assert not small[~mask].any()  # the other working slices come from unannotated slices
+
+
+def test_plan_travels_in_the_checkpoint_and_predictions_land_on_the_image_grid(tmp_path):
+    config = preset("cpu", 3, width=4, patch_size=(32, 32, 32), spacing=(2.0, 2.0, 2.0))
+    torch.manual_seed(0)
+    path = save_model(tmp_path / "m.pt", build_model(config), config)
+    model, loaded = load_model(path)
+    assert loaded.spacing == (2.0, 2.0, 2.0)
+    image = np.random.default_rng(1).normal(size=(40, 56, 72)).astype(np.float32)
+    predictor = Predictor(model, loaded)
+    full = predictor(image, spacing=(1.0, 1.0, 1.0), heads="all")
+    assert full.labels.shape == full.fg_confidence.shape == image.shape and full.fg.shape == (2, *image.shape)
+    # the same as predicting the image resampled to 2 mm and bringing the probabilities back
+    small = resample_case(Case("x", image, spacing=(1.0, 1.0, 1.0)), (2.0, 2.0, 2.0)).image
+    assert small.shape == (20, 28, 36)
+    direct = predictor(small, heads="all")
+    back = torch.nn.functional.interpolate(torch.from_numpy(direct.fg)[None], size=image.shape, mode="trilinear",
+                                           align_corners=False)[0].numpy()
+    np.testing.assert_allclose(full.fg, back, atol=1e-5)
+    # an image already at the working spacing is not resampled
+    np.testing.assert_array_equal(predictor(small, spacing=(2.0, 2.0, 2.0)).labels, direct.labels)
