@@ -30,6 +30,8 @@ BAD_TYPES = {
     Tuple[int, ...]: [32, "32", "abc", (32, 32), (32, 32, 32, 32), (0, 32, 32), (-32, 32, 32), (32.0, 32, 32),
                       (True, 32, 32), ("a", 32, 32), (NAN, 32, 32), (24, 32, 32), (16, 16, 16), None, ()],
     Optional[Tuple[int, int]]: [(32, 32)],  # a 3D run has no slice size
+    Optional[Tuple[float, ...]]: [1.25, "1.25", (0, 1.0, 1.0), (-1.25, 1.0, 1.0), (NAN, 1.0, 1.0),
+                                  (INF, 1.0, 1.0), (True, 1.0, 1.0), ("a", 1.0, 1.0), (1.25, 1.25), ()],
 }
 # values of the right type outside the field's range
 OUT_OF_RANGE = {
@@ -45,7 +47,7 @@ OUT_OF_RANGE = {
 # edge values that are fine
 VALID = {"selftrain_iterations": 0, "consistency_rampup": 0, "lr": 1e6, "momentum": 0, "ema_decay": 1.0,
          "alpha": 0, "inference_overlap": 0, "channels_last": None, "rotate_degrees": 180, "seed": 2 ** 32 - 1,
-         "patch_size": (16, 16, 32), "width": 1, "weight_decay": 0}
+         "patch_size": (16, 16, 32), "width": 1, "weight_decay": 0, "spacing": (2.5, 0.7, 0.7)}
 
 
 def assert_refused(value, name, **overrides):
