@@ -8,7 +8,6 @@ two steps; a segmentation returns its ``Prediction`` and reports progress throug
 
 import dataclasses
 import functools
-import inspect
 from typing import Callable, Iterator, Union
 
 import numpy as np
@@ -23,32 +22,25 @@ from ..core.training import ProgressEvent, TrainingRun
 
 
 class JobFailed(Exception):
-    """An unexpected error inside a worker, carried as one line (superqt's generator workers drop a
-    RuntimeError, which torch raises, so every other error is wrapped in this one)."""
+    """An unexpected error inside a generator worker, carried as one line (superqt's generator
+    workers drop a RuntimeError, which torch raises, so every other error is wrapped in this one)."""
 
 
 def surfacing_errors(body):
-    """Decorate a worker body (function or generator): input errors pass as they are, others become
-    :class:`JobFailed` so that they reach the widget's error handler."""
-
-    def wrap(exc: Exception) -> Exception:
-        return exc if isinstance(exc, CVBMInputError) else JobFailed(f"{type(exc).__name__}: {exc}")
+    """Decorate a generator worker body: input errors pass as they are, others become
+    :class:`JobFailed` so that they reach the widget's error handler (a function worker reports
+    every error itself)."""
 
     @functools.wraps(body)
     def generator(*args, **kwargs):
         try:
             return (yield from body(*args, **kwargs))
+        except CVBMInputError:
+            raise
         except Exception as exc:
-            raise wrap(exc) from exc
+            raise JobFailed(f"{type(exc).__name__}: {exc}") from exc
 
-    @functools.wraps(body)
-    def function(*args, **kwargs):
-        try:
-            return body(*args, **kwargs)
-        except Exception as exc:
-            raise wrap(exc) from exc
-
-    return generator if inspect.isgeneratorfunction(body) else function
+    return generator
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +69,6 @@ def training_updates(build: Callable[[], TrainingRun]) -> Iterator[TrainingUpdat
         yield StepDone(event)
 
 
-@surfacing_errors
 def segmentation(predictor: Predictor, image: np.ndarray, **options):
     """The prediction of ``image`` (a snapshot of the layer) with ``predictor``'s settings, on the
     CPU threads the viewer leaves free (``core.threads``)."""
