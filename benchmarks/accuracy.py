@@ -135,14 +135,14 @@ def main(argv=None) -> int:
     if args.arm == "cvbm":
         models["supervised (its teacher)"] = run.pretrained_model()
     report = {"data": str(args.data), "labeled": args.labeled, "arm": args.arm, "scale": args.scale, "plan": described,
-              "eval_split": args.eval_split, "train_seconds": train_seconds, "config": config.to_dict(),
+              "eval_split": args.eval_split, "train_seconds": train_seconds, "config": run.config.to_dict(),
               "precision": run.precision, "channels_last": run.channels_last,
               "layout_seconds": run.layout_seconds, "selection_dice": run.best_dice,
               "results": {}}
     args.out.mkdir(parents=True, exist_ok=True)
     for name, model in models.items():
         views = SCORED_VIEWS if name == "cvbm" else ("fg",)
-        for view, rows in evaluate(model, eval_cases, config, views).items():
+        for view, rows in evaluate(model, eval_cases, run.config, views).items():
             key = f"{name} {view}"
             summary = summarize(rows)
             report["results"][key] = summary

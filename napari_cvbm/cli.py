@@ -152,7 +152,7 @@ def _prediction_paths(path: Path, out: Path, fmt: Optional[str], maps) -> dict:
 
 
 def cmd_predict(args) -> int:
-    from .core.guidance import rank_slices, write_ranking
+    from .core.guidance import rank_slices, slices_apart, write_ranking
     from .core.io import IMAGE_EXTENSIONS, list_images, read_image, strip_extension, write_image
     from .core.outputs import check_outputs, check_writable
     from .core.predictor import Predictor
@@ -172,11 +172,12 @@ def cmd_predict(args) -> int:
     check_outputs(outputs, overwrite=args.overwrite, case=strip_extension)
     for folder in sorted({target.parent for paths in planned.values() for target in paths.values()}):
         check_writable(folder)
+    cleaning = {} if args.largest_component is None else {"largest_component": args.largest_component}
     heads = "fg" if args.mode == "fg" and not (args.probabilities or args.ranking) else "all"
     for path, paths in tqdm(planned.items(), desc="predict", unit="image", disable=len(files) < 2):
         image = read_image(path, channel=args.channel)
         pred = predictor(image.array, spacing=image.spacing, mode=args.mode, heads=heads, device=args.device,
-                         largest_component=args.largest_component, amp=not args.float32)
+                         amp=not args.float32, **cleaning)
         geometry = dict(geometry=image.geometry)
         write_image(paths["labels"], pred.labels, **geometry)
         if args.probabilities:
@@ -187,7 +188,7 @@ def cmd_predict(args) -> int:
             for key, array in arrays.items():
                 write_image(paths[key], array, **geometry)
         if args.ranking:  # rewritten after each image: it always covers the label maps written
-            rankings[strip_extension(path)] = rank_slices(pred)
+            rankings[strip_extension(path)] = rank_slices(pred, apart=slices_apart(predictor.config, image.spacing))
             write_ranking(ranking, rankings)
         print(f"{path.name} -> {paths['labels']}")
     if args.ranking:
@@ -309,7 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranking", action="store_true",
                    help="also write OUT/ranking.csv: every image's slices (axis 0), most uncertain first "
                         "(columns case, slice, score, rank; score: expected wrongly labelled voxels)")
-    p.add_argument("--largest-component", action="store_true", help="keep the largest component per class")
+    p.add_argument("--largest-component", action=argparse.BooleanOptionalAction,
+                   help="keep (or not) only the largest component per class (default: the model's setting, "
+                        "decided on validation when it was trained)")
     p.add_argument("--format", choices=(".nii.gz", ".nii", ".tif", ".tiff"), help="output format (default: input's)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing outputs (default: refuse; an input is never replaced)")

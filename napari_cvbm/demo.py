@@ -95,8 +95,8 @@ def run_demo(data_dir=None, out_dir="demo_output", preset_name="cpu", overrides=
     train_with_progress(run)
     log(f"training took {run.elapsed:.0f} s on {run.device} ({run.precision}); checkpoints in {out / 'model'}")
 
-    supervised = evaluate_outputs(run.pretrained_model(), test, config, views=("fg",))
-    cvbm = evaluate_outputs(run.final_model(), test, config)
+    supervised = evaluate_outputs(run.pretrained_model(), test, run.config, views=("fg",))
+    cvbm = evaluate_outputs(run.final_model(), test, run.config)
     table = {"supervised-only (teacher), fg": supervised["dice"]["fg"]}
     table.update({f"CVBM, {view}": dice for view, dice in cvbm["dice"].items()})
     log(f"\nDice on the held-out sample volumes ({', '.join(c.name for c in test)}):")

@@ -1,10 +1,12 @@
 import contextlib
+import json
 
 import numpy as np
 import pytest
 
 from napari_cvbm.core.config import preset
 from napari_cvbm.core.data import make_case
+from napari_cvbm.core.io import write_image
 
 
 def blob_volume(seed, shape=(32, 40, 40), noise=0.5):
@@ -15,6 +17,28 @@ def blob_volume(seed, shape=(32, 40, 40), noise=0.5):
     radii = [rng.uniform(0.18 * s, 0.28 * s) for s in shape]
     label = (sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii)) < 1).astype(np.int64)
     return label + rng.normal(0, noise, shape).astype(np.float32), label
+
+
+def write_dataset(root, names, **splits):
+    """Blob volumes and labels under ``root`` in the ../shared/data layout, with ``splits``."""
+    for i, name in enumerate(names):
+        image, label = blob_volume(i, shape=(24, 40, 40))
+        write_image(root / "images" / f"{name}.nii.gz", image)
+        write_image(root / "labels" / f"{name}.nii.gz", label.astype(np.uint8))
+    (root / "splits.json").write_text(json.dumps(splits))
+    return root
+
+
+STEP_S = 0.5  # what a measured training step takes in tests that plan
+
+
+@pytest.fixture
+def fixed_step(monkeypatch):
+    """A measured training step 'takes' STEP_S, at once: plans are quick and repeatable, and step
+    counts follow from the budget alone."""
+    from napari_cvbm.core import planning
+
+    monkeypatch.setattr(planning, "_step_seconds", lambda config, device: STEP_S)
 
 
 @pytest.fixture

@@ -7,22 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import blob_volume
-
-from napari_cvbm.core.io import write_image
+from conftest import write_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import accuracy  # noqa: E402
-
-
-def write_dataset(root, names, **splits):
-    """Blob volumes and labels under ``root`` in the ../shared/data layout, with ``splits``."""
-    for i, name in enumerate(names):
-        image, label = blob_volume(i, shape=(24, 40, 40))
-        write_image(root / "images" / f"{name}.nii.gz", image)
-        write_image(root / "labels" / f"{name}.nii.gz", label.astype(np.uint8))
-    (root / "splits.json").write_text(json.dumps(splits))
-    return root
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import blob_volume
 
 from napari_cvbm.core.io import read_labels, write_image
@@ -180,7 +181,11 @@ def test_predict_writes_the_slice_ranking(tmp_path):
         mine = [r for r in rows if r["case"] == case]
         assert [int(r["rank"]) for r in mine] == list(range(1, 33))
         scores = np.array([float(r["score"]) for r in mine])
-        assert np.all(np.diff(scores) <= 0) and scores[0] > scores[-1]
+        slices = [int(r["slice"]) for r in mine]
+        assert sorted(slices) == list(range(32)) and scores[0] == scores.max()
+        # a 3D model at the images' own spacing: first rows at least 2 slices apart, then the rest, each by score
+        spread = next(i for i in range(1, 33) if i == 32 or any(abs(slices[i] - z) < 2 for z in slices[:i]))
+        assert 11 <= spread <= 16 and np.all(np.diff(scores[:spread]) <= 0) and np.all(np.diff(scores[spread:]) <= 0)
         wrong = np.minimum(1.0, 1.0 - read_image(out / "maps" / f"{case}_confidence_fg.nii.gz").array
                            + read_image(out / "maps" / f"{case}_disagreement.nii.gz").array)
         expected = wrong.reshape(32, -1).sum(1, dtype=np.float64)
@@ -197,3 +202,30 @@ def test_predict_writes_the_slice_ranking(tmp_path):
     assert_one_error_line(cvbm("predict", model, data / "images", "--out", taken, "--ranking"),
                           "ranking.csv already exists", "--overwrite")
     assert [p.name for p in taken.iterdir()] == ["ranking.csv"] and (taken / "ranking.csv").read_text() == "mine"
+
+
+def test_predict_applies_the_models_largest_component_setting(tmp_path):
+    from scipy import ndimage
+
+    from napari_cvbm.core.checkpoint import build_model, save_model
+    from napari_cvbm.core.config import preset
+    from napari_cvbm.core.io import read_image
+    from napari_cvbm.core.predictor import Predictor
+
+    def pieces(labels):
+        return ndimage.label(labels == 1, np.ones((3, 3, 3)))[1]
+
+    config = preset("cpu", 3, width=4, patch_size=(32, 32, 32), largest_component=True)
+    data = make_folder(tmp_path / "data", n=1)
+    image = read_image(data / "images" / "c0.nii.gz").array
+    for seed in range(20):  # an untrained network whose prediction is in pieces
+        torch.manual_seed(seed)
+        network = build_model(config)
+        if pieces(Predictor(network, config)(image, largest_component=False).labels) > 1:
+            break
+    model = save_model(tmp_path / "m.pt", network, config)
+    for out, flag in (("own", []), ("raw", ["--no-largest-component"])):
+        result = cvbm("predict", model, data / "images", "--out", tmp_path / out, *flag)
+        assert result.returncode == 0, result.stderr
+    own, raw = (read_labels(tmp_path / out / "c0.nii.gz").array for out in ("own", "raw"))
+    assert pieces(raw) > 1 and pieces(own) == 1 and np.all(raw[own == 1] == 1)  # the model's setting: one piece

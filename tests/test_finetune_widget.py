@@ -1,5 +1,5 @@
 """The Fine-tune widget in a real napari viewer: annotated slices, held-out check, training, cancel,
-snapshot, errors."""
+snapshot, errors, the plan from the data."""
 
 import errno
 import time
@@ -7,23 +7,33 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import STEP_S
 from napari.utils.task_status import TaskStatusManager
 from qtpy.QtCore import QThreadPool, QTimer
 from qtpy.QtWidgets import QFileDialog
 
+from napari_cvbm.core import planning
+from napari_cvbm.core.annotation import annotated_mask
 from napari_cvbm.core.checkpoint import build_model, load_model
 from napari_cvbm.core.config import preset
+from napari_cvbm.core.data import Case
 from napari_cvbm.core.errors import CVBMNotice
 from napari_cvbm.core.inference import predict
 from napari_cvbm.core.io import read_image, read_labels
 from napari_cvbm.core.training import TrainingRun
 from napari_cvbm.gui.finetune import FineTuneWidget
-from napari_cvbm.gui.widgets.training_settings import START_ACTIVE, START_NEW_2D, START_NEW_3D
+from napari_cvbm.gui.widgets.training_settings import PLANNED, PRESETS, START_ACTIVE, START_NEW_2D, START_NEW_3D
 from napari_cvbm.synthetic import SAMPLE_DATA
 
 SAMPLE = SAMPLE_DATA
 WIDGET = ("napari-cvbm", "Fine-tune with unlabeled data")
 LONG_MS = 120_000
+CPU_PRESET = next(name for name, key in PRESETS.items() if key == "cpu")
+
+
+@pytest.fixture(autouse=True)
+def quick_plans(fixed_step):
+    """Every plan here is made with the fixed step time: quick and repeatable."""
 
 
 @pytest.fixture
@@ -76,6 +86,13 @@ def state_of(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def plan_shown(widget, qtbot, text="Plan: "):
+    """Wait until the plan line shows a plan (containing ``text``); returns the line."""
+    line = widget.settings.plan_line
+    qtbot.waitUntil(lambda: line.text().startswith("Plan: ") and text in line.text(), timeout=LONG_MS)
+    return line.text()
+
+
 def test_reports_edited_slices_and_fine_tunes(viewer, store, blind_model, qtbot):
     widget = dock(viewer)
     assert widget.data.update_summary() == "case_001 segmentation: slices 20–21, 30 count as labeled (3 of 48)"
@@ -88,6 +105,7 @@ def test_reports_edited_slices_and_fine_tunes(viewer, store, blind_model, qtbot)
     previous = store.active
     before = state_of(store.get()[0])
     tiny(widget)
+    plan_shown(widget, qtbot, "3 + 3 steps")
     ticks = []
     timer = QTimer(interval=20, timeout=lambda: ticks.append(time.perf_counter()))
     timer.start()
@@ -269,6 +287,8 @@ def test_save_model_never_replaces_a_file_unasked(make_napari_viewer, store, tmp
 
 def test_new_network_settings_and_2d_training(viewer, store, qtbot):
     widget = dock(viewer)
+    widget.settings.preset.value = CPU_PRESET
+    assert widget.settings.plan_line.isHidden() and widget.settings.budget.native.isHidden()
     widget.settings.start_from.value = START_ACTIVE  # the active model fixes the network shape
     assert not widget.settings.fields["patch_size"].enabled
     config, weights = widget.settings.training_config()
@@ -477,3 +497,134 @@ def test_a_fine_tune_worse_on_the_held_out_slices_keeps_the_model(viewer, store,
     assert widget.status.message == message == widget.progress.message.text() and message in notes[-1]
     assert store.active == previous and not any(n.startswith("fine-tuned") for n in store.names())
     assert all(torch.equal(before[k], v) for k, v in store.get()[0].state_dict().items())
+
+
+def sample_plan(sample, store, budget_s=planning.DEFAULT_BUDGET_S, **overrides):
+    """``core.planning.plan`` of the ``viewer`` fixture's data (slices 20, 21, 30 of case_001 counted,
+    case_004 unlabeled) for fine-tuning the active model on the CPU within ``budget_s``."""
+    image, label, unlabeled = sample
+    corrected = label.copy()
+    corrected[[20, 21, 30], :4, :4] = 1
+    labeled = [Case("case_001 segmentation", image.array, corrected, annotated_mask(label.shape, [20, 21, 30]),
+                    image.spacing)]
+    keeps = {"dim": 3, **overrides, **planning.fine_tune_overrides(store.get()[1])}
+    return planning.plan(labeled, [Case("case_004", unlabeled.array, spacing=unlabeled.spacing)],
+                         torch.device("cpu"), budget_s, keeps)
+
+
+def test_plan_line_is_planned_from_the_data_in_a_worker(viewer, store, sample, qtbot, monkeypatch):
+    def slow_step(config, device):
+        time.sleep(1.5)  # measuring a step takes a while: the GUI thread must not wait for it
+        return STEP_S
+
+    monkeypatch.setattr(planning, "_step_seconds", slow_step)
+    widget = dock(viewer)
+    settings = widget.settings
+    assert settings.preset.value == PLANNED and settings.planned and settings.budget.value == 10
+    assert not settings.budget.native.isHidden() and not settings.plan_line.isHidden()
+    ticks = []
+    timer = QTimer(interval=20, timeout=lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    qtbot.waitUntil(lambda: settings.plan_line.text() == "Planning…", timeout=LONG_MS)
+    text = plan_shown(widget, qtbot)
+    timer.stop()
+    assert np.percentile(np.diff(ticks), 99) < 0.5  # the GUI thread kept running while it planned
+    expected = sample_plan(sample, store)
+    assert text == f"Plan: {expected.describe()}" and "about 10 min on cpu" in text
+    # the fields show the plan: the starter was trained at the images' own spacing, so it gets a planned one
+    config, fields = expected.config, settings.fields
+    assert (fields["spacing"].value, fields["patch_size"].value) == ("1.5, 1, 1", "32, 64, 64")
+    assert (fields["pretrain_iterations"].value, fields["selftrain_iterations"].value) == \
+        (config.pretrain_iterations, config.selftrain_iterations)
+    assert fields["patch_size"].enabled and not fields["width"].enabled and not settings.edited
+
+    # a newer request supersedes an older one still running: its plan is never shown
+    budgets = []
+    show = settings.show_plan
+    monkeypatch.setattr(settings, "show_plan", lambda plan: (budgets.append(plan.budget_s), show(plan)))
+    first = widget.plan()
+    settings.budget.value = 5
+    second = widget.plan()
+    qtbot.waitUntil(lambda: not first.is_running and not second.is_running, timeout=LONG_MS)
+    plan_shown(widget, qtbot, "about 5 min on cpu")
+    assert budgets and set(budgets) == {300.0}
+
+    # nothing to plan from: the line says what is missing; folder runs are not planned
+    viewer.layers.remove("case_001 segmentation")
+    qtbot.waitUntil(lambda: settings.plan_line.text().startswith("Plan: no labeled data: add a labeled pair"))
+    widget.data.source.setCurrentText("Folders on disk")
+    qtbot.waitUntil(lambda: "folder runs are not planned; they use the cpu preset" in settings.plan_line.text())
+
+
+def test_edited_fields_win_over_the_plan(viewer, store, sample, qtbot):
+    widget = dock(viewer)
+    fields = widget.settings.fields
+    plan_shown(widget, qtbot)
+    fields["patch_size"].value = "32, 48, 48"
+    fields["spacing"].value = "3, 2, 2"
+    text = plan_shown(widget, qtbot, "3×2×2 mm voxels")
+    assert widget.settings.edited == {"patch_size", "spacing"}
+    edits = dict(patch_size=(32, 48, 48), spacing=(3.0, 2.0, 2.0))
+    longer = sample_plan(sample, store, **edits)
+    assert text == f"Plan: {longer.describe()}"
+    assert "patches 32×48×48" in text
+    widget.settings.budget.value = 2  # the fields the user left alone follow the plan, the edited ones stay
+    plan_shown(widget, qtbot, "about 2 min")
+    shorter = sample_plan(sample, store, 120, **edits).config
+    assert fields["pretrain_iterations"].value == shorter.pretrain_iterations < longer.config.pretrain_iterations
+    assert (fields["patch_size"].value, fields["spacing"].value) == ("32, 48, 48", "3, 2, 2")
+
+    # a model trained at a working spacing keeps its input: only the step counts are planned
+    config = preset("cpu", 3, width=4, patch_size=(32, 32, 32), spacing=(2.0, 2.0, 2.0))
+    torch.manual_seed(0)
+    store.add("planned net", build_model(config), config)
+    text = plan_shown(widget, qtbot, "2×2×2 mm voxels (images ×0.50), patches 32×32×32, batch 2+2, width 4")
+    assert not fields["spacing"].enabled and not fields["patch_size"].enabled
+
+
+@pytest.fixture
+def blob_data(make_napari_viewer):
+    """(viewer, image, label, labelled slices): a small volume (2 mm slices) with 3 slices labelled."""
+    from conftest import blob_volume
+
+    image, label = blob_volume(0)
+    z = np.flatnonzero(label.any((1, 2)))
+    slices = z[len(z) // 2 - 1:len(z) // 2 + 2].tolist()
+    drawn = np.zeros(label.shape, np.uint8)
+    drawn[slices] = label[slices]
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="blob", scale=(2.0, 1.0, 1.0))
+    viewer.add_labels(drawn, name="blob labels", scale=(2.0, 1.0, 1.0))
+    return viewer, image, drawn, slices
+
+
+def test_a_planned_run_trains_with_the_plan(blob_data, store, qtbot):
+    viewer, image, label, slices = blob_data
+    widget = dock(viewer)
+    widget.settings.start_from.value = START_NEW_3D
+    widget.settings.fields["width"].value = 4
+    tiny(widget, 2, 1)
+    shown = plan_shown(widget, qtbot, "width 4, 2 + 1 steps")
+    cases = [Case("blob labels", image, label, annotated_mask(label.shape, slices), (2.0, 1.0, 1.0))]
+    given = {"dim": 3, "width": 4, "pretrain_iterations": 2, "selftrain_iterations": 1}
+    expected = planning.plan(cases, [], torch.device("cpu"), planning.DEFAULT_BUDGET_S, given)
+    assert shown == f"Plan: {expected.describe()}"
+    assert widget.start() is not None and widget.status.total == 3  # the plan shown: its length is known
+    qtbot.waitUntil(lambda: not widget.running, timeout=LONG_MS)
+    config = widget.run.config
+    assert (config.spacing, config.patch_size, config.pretrain_iterations, config.selftrain_iterations,
+            config.width) == (expected.config.spacing, expected.config.patch_size, 2, 1, 4)
+    assert config.spacing == (2.0, 1.0, 1.0)
+    assert store.active == "fine-tuned 1" and store.get()[1].spacing == (2.0, 1.0, 1.0)  # Segment uses it
+
+    # started before the new setting was planned: the worker plans it, and the line shows what runs
+    widget.settings.fields["spacing"].value = "4, 2, 2"
+    messages = []
+    widget.status.events.message.connect(messages.append)
+    assert widget.start() is not None and "(planning the run first)" in widget.status.message
+    bar = widget.runner.pbar
+    qtbot.waitUntil(lambda: not widget.running, timeout=LONG_MS)
+    config = widget.run.config
+    assert (config.spacing, config.patch_size, config.pretrain_iterations) == ((4.0, 2.0, 2.0), (32, 32, 32), 2)
+    plan_shown(widget, qtbot, "4×2×2 mm voxels (images ×0.50), patches 32×32×32")
+    assert widget.status.total == bar.total == 3 and any("for 3 steps on 1 labeled" in m for m in messages)

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from napari_cvbm.core.guidance import rank_slices, slice_uncertainty, voxel_uncertainty, write_ranking
+from napari_cvbm.core.guidance import rank_slices, slice_uncertainty, slices_apart, voxel_uncertainty, write_ranking
 from napari_cvbm.core.inference import Prediction
 
 
@@ -106,3 +106,25 @@ def test_write_ranking(tmp_path):
     assert [(r["case"], int(r["slice"]), float(r["score"]), int(r["rank"])) for r in rows] == [
         ("a", 3, 12.5, 1), ("a", 0, 1.0, 2), ("b", 0, 2.0, 1)]
     assert [p.name for p in tmp_path.iterdir()] == ["ranking.csv"]  # no temp file left
+
+
+def test_ranking_spreads_first_suggestions_apart():
+    p1 = sure_volume((12, 4, 4))
+    for z, level in ((5, 0.5), (6, 0.55), (4, 0.6), (9, 0.7), (1, 0.8)):  # an uncertain cluster at 4-6
+        p1[z] = level
+    pred = Prediction.from_views(two_class(p1), None, None, "fg")
+    plain = [z for z, _ in rank_slices(pred)]
+    assert plain[:5] == [5, 6, 4, 9, 1]
+    spread = [z for z, _ in rank_slices(pred, apart=3)]
+    assert spread[:3] == [5, 9, 1] and spread[3:5] == [6, 4]  # the neighbours of 5 wait, in score order
+    assert sorted(spread) == list(range(12))  # nothing is dropped
+    assert [z for z, _ in rank_slices(pred, exclude=[8], limit=2, apart=3)] == [5, 1]  # 9 is next to corrected 8
+
+
+def test_suggestions_stay_two_working_slices_apart():
+    from napari_cvbm.core.config import preset
+
+    model = preset("cpu", 3, spacing=(1.25, 1.25, 1.25))
+    assert slices_apart(model, (0.625, 0.625, 0.625)) == 4  # two working slices of the image's 0.625 mm
+    assert slices_apart(preset("cpu", 3), (2.0, 1.0, 1.0)) == 2  # a model at the image's own spacing
+    assert slices_apart(preset("cpu", 2), (10.0, 1.5, 1.5)) == 1  # a 2D model learns slice by slice

@@ -95,3 +95,10 @@ def test_too_little_holds_out_nothing_and_says_why(cases, reason):
     assert held == [] and train == cases and all(t is c for t, c in zip(train, cases))
     assert split.reason == reason and split.summary() == ""
     assert "at least 4 slices" in TOO_FEW_SLICES
+
+
+def test_a_fine_tune_got_worse_only_when_the_shown_dice_fell():
+    from napari_cvbm.core.holdout import got_worse
+
+    assert got_worse(0.50, 0.494) and not got_worse(0.50, 0.496)  # 0.49 < 0.50; 0.50 == 0.50
+    assert not got_worse(0.50, 0.70) and not got_worse(None, 0.1) and not got_worse(0.5, None)

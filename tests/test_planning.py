@@ -25,12 +25,6 @@ def box_case(name, shape, spacing, box, annotated_slices=None):
     return make_case(name, image, label, annotated=annotated, spacing=spacing)
 
 
-@pytest.fixture
-def fixed_step(monkeypatch):
-    """A training step that 'takes' 0.5 s, so step counts follow from the budget alone."""
-    monkeypatch.setattr(planning, "_step_seconds", lambda config, device: 0.5)
-
-
 def test_large_structure_coarsens_the_working_spacing_until_a_patch_sees_it(fixed_step):
     # an LA-like volume: 0.625 mm voxels, 88 x 141 x 191, a left atrium of 36 x 56 x 101 mm
     case = box_case("la", (88, 141, 191), (0.625,) * 3, (58, 90, 161))
@@ -54,8 +48,8 @@ def test_small_structure_keeps_the_native_spacing_and_anisotropy_is_kept(fixed_s
 
 def test_partly_annotated_structure_is_measured_on_the_slices_that_count():
     case = box_case("p", (60, 64, 64), (1.0,) * 3, (40, 30, 20), annotated_slices=[20, 30, 39])
-    # slices 20, 30 and 39 hold it: 20 slices spread plus their mean gap of 9.5
-    assert planning.fingerprint([case]).structure_mm == (29.5, 30.0, 20.0)
+    # slices 20, 30 and 39 of its 40 hold it: 20 slices spread plus their mean gap of 9.5 on each side
+    assert planning.fingerprint([case]).structure_mm == (39.0, 30.0, 20.0)
 
 
 def test_step_counts_follow_the_budget_and_user_settings_win(fixed_step):
@@ -70,6 +64,11 @@ def test_step_counts_follow_the_budget_and_user_settings_win(fixed_step):
     c = given.config
     assert (c.patch_size, c.pretrain_iterations, c.selftrain_iterations, c.width) == ((32, 32, 32), 7, 3, 4)
     assert given.step_seconds is None and "about" not in given.describe()
+    # a given spacing gets the patch planned for it; an empty one (None) is the images' own
+    coarse = planning.plan([case], budget_s=300, overrides={"spacing": (2.0, 2.0, 2.0)}).config
+    assert coarse.spacing == (2.0, 2.0, 2.0) and coarse.patch_size == (32, 32, 32)
+    native = planning.plan([case], budget_s=300, overrides={"spacing": None}).config
+    assert native.spacing is None and native.patch_size == plan.config.patch_size
 
 
 def test_2d_plan_resizes_whole_slices(fixed_step):
@@ -110,3 +109,22 @@ def test_plan_travels_in_the_checkpoint_and_predictions_land_on_the_image_grid(t
     np.testing.assert_allclose(full.fg, back, atol=1e-5)
     # an image already at the working spacing is not resampled
     np.testing.assert_array_equal(predictor(small, spacing=(2.0, 2.0, 2.0)).labels, direct.labels)
+
+
+def test_fine_tuning_keeps_the_models_network_and_a_working_spacings_input(fixed_step):
+    case = box_case("f", (48, 64, 64), (1.0,) * 3, (20, 30, 30))
+    planned = preset("cpu", 3, width=6, patch_size=(32, 32, 48), spacing=(2.0, 2.0, 2.0))
+    keeps = planning.fine_tune_overrides(planned)
+    assert keeps == {**planned.architecture(), **planned.model_input()}
+    config = planning.plan([case], budget_s=300, overrides=keeps).config
+    assert (config.width, config.patch_size, config.spacing) == (6, (32, 32, 48), (2.0, 2.0, 2.0))
+    assert config.pretrain_iterations == int(300 / (0.5 * (1 + 2 * planning.SELFTRAIN_COST)))  # counts planned
+    # a model trained at each image's own spacing (the starter): spacing and patch planned as for a new network
+    native = preset("cpu", 3, width=6, patch_size=(32, 32, 48))
+    assert planning.fine_tune_overrides(native) == native.architecture()
+    config = planning.plan([case], budget_s=300, overrides=planning.fine_tune_overrides(native)).config
+    fresh = planning.plan([case], budget_s=300, overrides={"width": 6}).config
+    assert config.width == 6 and (config.patch_size, config.spacing) == (fresh.patch_size, fresh.spacing)
+    # a 2D model on resized slices keeps its slice size
+    slices = preset("paper", 2)
+    assert planning.fine_tune_overrides(slices)["slice_size"] == (256, 256)

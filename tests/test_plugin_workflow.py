@@ -12,7 +12,7 @@ LONG_MS = 240_000
 TEST_IMAGE = SAMPLE_DATA / "test" / "images" / "case_013.nii.gz"
 
 
-def test_open_segment_correct_finetune_refresh(make_napari_viewer, store, qtbot, tmp_path):
+def test_open_segment_correct_finetune_refresh(make_napari_viewer, store, qtbot, tmp_path, fixed_step):
     viewer = make_napari_viewer()
     viewer.open_sample("napari-cvbm", "labeled")
     viewer.open_sample("napari-cvbm", "unlabeled")

@@ -33,7 +33,9 @@ def test_events_cover_both_phases_with_every_loss_term(tiny_cases, tiny_config, 
     for name in ("last.pt", "pretrained.pt", "best.pt"):
         assert load_checkpoint(tmp_path / name)["config"]["width"] == 4
     model, config = load_model(tmp_path / "best.pt")
-    assert config == tiny_config and model.num_classes == 2
+    assert run.config.largest_component in (True, False)  # decided on validation at the end (spec 7)
+    assert config == dataclasses.replace(tiny_config, largest_component=run.config.largest_component)
+    assert model.num_classes == 2
 
 
 def test_teacher_is_ema_of_student(tiny_cases, tiny_config):
@@ -169,9 +171,11 @@ def test_initial_dice_is_that_of_the_starting_weights_and_survives_resume(tiny_c
     assert resumed.initial_dice == run.initial_dice and resumed.pretrained_dice == run.pretrained_dice
     calls = []
     score = resumed._score
-    resumed._score = lambda: calls.append(1) or score()
+    resumed._score = lambda model=None, largest_component=False: (
+        calls.append(model is None) or score(model, largest_component))
     rest = list(resumed.events())
-    assert len(calls) == sum(e.validation_dice is not None for e in rest) == 1  # no second initial score
+    # no second initial score; at the end, the selected model with and without the cleaning (spec 7)
+    assert calls.count(True) == sum(e.validation_dice is not None for e in rest) == 1 and calls.count(False) == 2
     assert resumed.initial_dice == run.initial_dice
     dices = [e.validation_dice for e in scored[4:] + rest if e.validation_dice is not None]
     assert resumed.final_dice == resumed.best_dice == max(dices)

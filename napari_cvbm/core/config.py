@@ -48,6 +48,8 @@ class TrainConfig:
     validate_every: int = 200
     checkpoint_every: int = 100
     inference_overlap: float = 0.5
+    # keep each class's largest connected component (spec 7); None: decided on validation when training ends
+    largest_component: Optional[bool] = None
     amp: bool = True  # mixed precision: bf16 on CUDA and on CPUs with native bf16, fp16 on older GPUs
     channels_last: Optional[bool] = None  # NHWC / NDHWC layout; None: where faster (acceleration.py)
     compile: bool = False  # torch.compile the student's forward pass
@@ -138,7 +140,7 @@ ARCHITECTURE = ("dim", "num_classes", "width", "background_branch", "norm")
 MODEL_INPUT = ("patch_size", "slice_size", "spacing")
 #: What a resumed run may change: how long it trains, how often it validates and saves, how it computes.
 RESUMABLE = ("pretrain_iterations", "selftrain_iterations", "validate_every", "checkpoint_every", "amp",
-             "compile", "channels_last")
+             "compile", "channels_last", "largest_component")
 
 
 def _is_int(value) -> bool:

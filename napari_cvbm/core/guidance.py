@@ -10,7 +10,9 @@ it is ``1 - fg confidence`` alone.
 
 A slice's score is the sum over its voxels: the expected number of wrongly labelled voxels, which
 is what correcting the slice fixes. A sum favours a slice with much uncertain structure over one
-with a single noisy voxel, which a maximum would not.
+with a single noisy voxel, which a maximum would not. Neighbouring slices of a 3D image score
+alike and teach the model nearly the same, so the ranking first spreads its suggestions
+(:func:`slices_apart`), then lists the rest.
 
 Slices run along axis 0; a 2D image is one slice (as in :mod:`.annotation`). Pure numpy.
 """
@@ -24,6 +26,7 @@ import numpy as np
 from .outputs import atomic_write
 
 RANKING_COLUMNS = ("case", "slice", "score", "rank")
+APART_WORKING_SLICES = 2  # first suggestions of a 3D model: at least this many working slices apart
 
 
 def voxel_uncertainty(prediction) -> np.ndarray:
@@ -43,13 +46,36 @@ def slice_uncertainty(prediction) -> np.ndarray:
     return wrong.reshape(slices, -1).sum(axis=1, dtype=np.float64)
 
 
-def rank_slices(prediction, exclude: Iterable[int] = (), limit: Optional[int] = None) -> List[Tuple[int, float]]:
+def slices_apart(config, spacing=None) -> int:
+    """How many of the image's slices apart the first suggestions stay (:func:`rank_slices`): for a
+    3D model, ``APART_WORKING_SLICES`` of its working slices (its ``spacing`` along axis 0 against the
+    image's, ``spacing``), since nearer slices teach it nearly the same; 1 for a 2D model, whose
+    slices are trained one by one."""
+    if config.dim != 3:
+        return 1
+    own = spacing[0] if spacing is not None else None
+    working = config.spacing[0] if config.spacing is not None else own
+    ratio = working / own if own and working else 1.0
+    return max(1, int(round(APART_WORKING_SLICES * ratio)))
+
+
+def rank_slices(prediction, exclude: Iterable[int] = (), limit: Optional[int] = None,
+                apart: int = 1) -> List[Tuple[int, float]]:
     """(slice, score) pairs, most uncertain first (ties: lower slice first), without the slices in
-    ``exclude`` (those already corrected); at most ``limit`` pairs."""
+    ``exclude`` (those already corrected); at most ``limit`` pairs.
+
+    With ``apart`` > 1 the list first spreads out: a slice nearer than ``apart`` to an excluded one
+    or to a better-ranked listed one waits until after all the others, in score order."""
     scores = slice_uncertainty(prediction)
-    order = np.argsort(-scores, kind="stable")
+    order = [int(s) for s in np.argsort(-scores, kind="stable")]
     skip = {int(s) for s in exclude}
-    ranked = [(int(s), float(scores[s])) for s in order if int(s) not in skip]
+    taken, spread, later = sorted(skip), [], []
+    for s in (s for s in order if s not in skip):
+        near = apart > 1 and any(abs(s - t) < apart for t in taken)
+        (later if near else spread).append(s)
+        if not near:
+            taken.append(s)
+    ranked = [(s, float(scores[s])) for s in spread + later]
     return ranked if limit is None else ranked[:max(int(limit), 0)]
 
 

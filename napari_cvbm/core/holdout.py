@@ -16,7 +16,7 @@ the user did not correct never count.
 """
 
 from dataclasses import dataclass, field, replace
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -93,3 +93,9 @@ def split_corrections(cases: Sequence[Case], seed: int = 0) -> Holdout:
         reason = TOO_FEW_SLICES if any(c.image.ndim == 3 for c in cases) else TOO_FEW_IMAGES
         return Holdout(cases, [], reason=reason)
     return Holdout(train, held, what=what)
+
+
+def got_worse(before: Optional[float], after: Optional[float]) -> bool:
+    """Whether a fine-tune's held-out Dice fell, at the two decimals the user is shown (a run that
+    changes it by noise is not worse): then its model is discarded and the previous one kept."""
+    return before is not None and after is not None and round(after, 2) < round(before, 2)

@@ -16,7 +16,9 @@ of the labelled structure in the slices that count) and the device decide:
   from the measured time of a training step of the planned network on the device (a self-training
   step costs ``SELFTRAIN_COST`` pre-training steps). Without a budget on a GPU, the paper's counts.
 
-Settings the user gives (``overrides``) always win; step counts are planned only when not given.
+Settings the user gives (``overrides``) always win; step counts are planned only when not given, the
+patch for the spacing given.
+Fine-tuning a model keeps what :func:`fine_tune_overrides` says of it.
 """
 
 import math
@@ -59,8 +61,9 @@ class Fingerprint:
 
 def _structure_extent(case: Case) -> Optional[np.ndarray]:
     """Extent (mm) of the labels > 0 on the slices that count; along axis 0 of a partly annotated
-    volume, the spread of the annotated slices that hold the structure plus their mean gap (the
-    structure goes on about that far beyond the outermost ones)."""
+    volume, the spread of the annotated slices that hold the structure plus their mean gap on each
+    side (the structure goes on about that far beyond the outermost ones: slices spread evenly over
+    it give its whole extent)."""
     label = case.label if case.annotated is None else np.where(case.annotated, case.label, 0)
     index = np.argwhere(label > 0)
     if not len(index):
@@ -69,7 +72,7 @@ def _structure_extent(case: Case) -> Optional[np.ndarray]:
     if case.annotated is not None and label.ndim == 3:
         slices = np.unique(index[:, 0])
         if len(slices) > 1:
-            extent[0] += (slices[-1] - slices[0]) / (len(slices) - 1)
+            extent[0] += 2 * (slices[-1] - slices[0]) / (len(slices) - 1)
     return extent * np.asarray(case.spacing, dtype=float)
 
 
@@ -87,6 +90,21 @@ def fingerprint(labeled: Sequence[Case], unlabeled: Sequence[Case] = ()) -> Fing
 
 def device_kind(device: torch.device) -> str:
     return "gpu" if device.type == "cuda" else "cpu"
+
+
+def base_preset(device: torch.device) -> str:
+    """The preset a plan starts from: ``paper`` on a GPU, ``cpu`` otherwise."""
+    return "paper" if device_kind(device) == "gpu" else "cpu"
+
+
+def fine_tune_overrides(model: TrainConfig) -> Dict:
+    """The settings a plan for fine-tuning a model of config ``model`` keeps: its network
+    (``architecture()``) and, when it was trained at a working spacing (3D) or on resized slices (2D),
+    its input (``model_input()``: only the step counts are planned then). A model trained at each
+    image's own spacing gets a planned spacing and patch, as a new network does (it is fully
+    convolutional; the fine-tuned model's config stores them)."""
+    keeps_input = model.spacing is not None or model.slice_size is not None
+    return {**model.architecture(), **(model.model_input() if keeps_input else {})}
 
 
 def _round_up(n: float, step: int) -> int:
@@ -109,12 +127,14 @@ def fit_patch(image: Sequence[float], wanted: Sequence[float], voxels: int) -> T
         patch = grown
 
 
-def working_spacing(fp: Fingerprint, voxels: int) -> Tuple[Tuple[float, ...], Tuple[int, ...]]:
-    """(spacing, patch) of the first coarsening step at which the patch sees enough of the structure."""
+def working_spacing(fp: Fingerprint, voxels: int,
+                    given: Optional[Tuple[float, ...]] = None) -> Tuple[Tuple[float, ...], Tuple[int, ...]]:
+    """(spacing, patch) of the first coarsening step at which the patch sees enough of the structure;
+    with a ``given`` spacing, that spacing and the patch for it."""
     finest = min(fp.spacing)
     structure = fp.structure_mm or fp.image_mm()
-    for factor in COARSENING:
-        spacing = tuple(max(s, factor * finest) for s in fp.spacing)
+    steps = [given] if given else [tuple(max(s, f * finest) for s in fp.spacing) for f in COARSENING]
+    for spacing in steps:
         image = [mm / s for mm, s in zip(fp.image_mm(), spacing)]
         wanted = [CONTEXT * min(st, mm) / s for st, mm, s in zip(structure, fp.image_mm(), spacing)]
         patch = fit_patch(image, wanted, voxels)
@@ -169,12 +189,13 @@ def plan(labeled: Sequence[Case], unlabeled: Sequence[Case] = (), device: Option
     dim = overrides.get("dim", fp.dim)
     values: Dict = {}
     if dim == 3:
-        spacing, patch = working_spacing(fp, PATCH_VOXELS[kind])
+        given = (overrides["spacing"] or fp.spacing) if "spacing" in overrides else None  # None: the images' own
+        spacing, patch = working_spacing(fp, PATCH_VOXELS[kind], given)
         values.update(patch_size=patch, spacing=spacing)
     else:
         side = SLICE_SIDE[kind]
         values.update(patch_size=(side, side), slice_size=(side, side))
-    base = "paper" if kind == "gpu" else "cpu"
+    base = base_preset(device)
     config = preset(base, dim, **{**values, **overrides})
     counts_given = "pretrain_iterations" in overrides and "selftrain_iterations" in overrides
     if counts_given or (budget_s is None and kind == "gpu"):

@@ -7,7 +7,7 @@ and ``torchrun`` workers all drive the same loop and can stop it between two ste
 import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence
 
@@ -287,6 +287,7 @@ class TrainingRun:
 
     def _finish_selftraining(self):
         self.best_state = distributed.broadcast_state(self._selected_state(), self.device)
+        self._decide_largest_component()
         self.phase = "done"
         if self.out_dir is not None:
             self._save_weights(self.out_dir / "best.pt", self.best_state, "selftrain")
@@ -366,13 +367,29 @@ class TrainingRun:
     def _selected_state(self) -> dict:
         return self._finite(self.best_state if self.best_state is not None else _cpu_state(self.model))
 
+    def _decide_largest_component(self):
+        """Post-processing as nnU-Net decides it (spec 7): unless the config sets it, the selected
+        model keeps each class's largest connected component when that does not lower its
+        validation Dice (stray islands are what make surface distances large); off without validation."""
+        if self.config.largest_component is not None:
+            return
+        chosen = False
+        if self.validation:
+            model = self._place(build_model(self.config))
+            model.load_state_dict(self.best_state)
+            plain, cleaned = (self._score(model, largest) for largest in (False, True))
+            chosen = cleaned >= plain
+        self.config = replace(self.config, largest_component=chosen)
+
     @torch.no_grad()
-    def _score(self) -> float:
-        """Mean fg-head Dice over the validation cases, each scored on its annotated voxels only."""
+    def _score(self, model: Optional[torch.nn.Module] = None, largest_component: bool = False) -> float:
+        """Mean fg-head Dice of ``model`` (the student) over the validation cases, each scored on its
+        annotated voxels only."""
         cfg = self.config
-        scores, predictor = [], Predictor(self.model, cfg)
+        scores, predictor = [], Predictor(self.model if model is None else model, cfg)
         for case in self.validation:
-            pred = predictor(case.image, heads="fg", device=self.device, amp=cfg.amp)
+            pred = predictor(case.image, heads="fg", device=self.device, amp=cfg.amp,
+                             largest_component=largest_component)
             labels, truth = pred.labels, case.label
             if case.annotated is not None:  # a partly corrected case counts where it was corrected
                 labels, truth = labels[case.annotated], truth[case.annotated]

@@ -6,52 +6,86 @@ loss plot, and the shared model panel. The job's one source of truth is a
 updates that this widget applies to it on the GUI thread. Cancel stops the run at the next step and
 keeps the active model.
 
+With the planned entry the run is planned from the layers (``core.planning``, as ``cvbm train``
+does): a worker plans it shortly after the data or the settings change (a newer request supersedes
+an older one) and the settings panel shows the plan. Start trains with that plan, or plans again in
+its worker when the plan shown is not the one for the data and settings at that moment. Folder
+runs are not planned: they use the preset the plan starts from and the Advanced form.
+
 Part of the user's corrections is held out (``core.holdout``, spec 6): the run validates on it
 about ten times, keeps its best model and is judged by it. A finished run's model joins
 ``MODEL_STORE`` as the active model unless its held-out Dice is below the starting model's
-(:func:`got_worse`).
+(``core.holdout.got_worse``).
 """
 
 import dataclasses
 import itertools
 from functools import partial
-from typing import Callable, Optional, Tuple
+from typing import Callable, NamedTuple, Optional, Tuple
 
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_info
 from napari.utils.theme import get_theme
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QHBoxLayout, QPushButton, QVBoxLayout, QWidget
 
 from ..core.classes import infer_num_classes, interpret_labels
 from ..core.config import TrainConfig
 from ..core.data import Case
 from ..core.errors import CVBMInputError
-from ..core.holdout import Holdout, split_corrections
+from ..core.holdout import Holdout, got_worse, split_corrections
+from ..core.planning import Plan, fingerprint
 from ..core.training import PHASE_NAMES, ProgressEvent, TrainingRun
 from . import models
 from .job_status import JobState, TrainingStatus
-from .jobs import JobRunner
+from .jobs import Connections, JobRunner, failure_message
 from .widgets.model_panel import ModelPanel
 from .widgets.training_data import TrainingDataPanel
 from .widgets.training_progress import TrainingProgressPanel
 from .widgets.training_settings import TrainingSettingsPanel
-from .workers import RunReady, run_from_arrays, run_from_folders, training_updates
+from .workers import Planned, RunReady, planned, run_from_arrays, run_from_folders, training_updates
 
-VALIDATIONS = 10  # held-out checks in a run, about
+PLAN_DELAY_MS = 400  # plan once the data and settings have not changed for this long
+FOLDERS_NOT_PLANNED = "Plan: folder runs are not planned; they use the {} preset and the Advanced settings."
 
 
 def describe_event(event: ProgressEvent) -> str:
     return f"{PHASE_NAMES[event.phase].capitalize()} {event.iteration}/{event.total}"
 
 
+def run_message(model: str, data: str, checked: str, total: Optional[int]) -> str:
+    """What the status says a starting run does (``total`` None: its plan is still being made)."""
+    steps = f" for {total} steps" if total is not None else " (planning the run first)"
+    return f"{model}{steps} on {data}{checked}…"
+
+
+class Prepared(NamedTuple):
+    """A run's snapshot taken at Start: how to build it from its config, the config (None: ``planner``
+    makes it in the worker), the data in words and, from layers, the held-out split."""
+
+    build: Callable[[TrainConfig], TrainingRun]
+    config: Optional[TrainConfig]
+    planner: Optional[Callable[[], Plan]]
+    data: str
+    split: Optional[Holdout]
+
+
+class PlanInputs(NamedTuple):
+    """What a plan is made from: the cases (images may be stand-ins of their shape) and the settings."""
+
+    labeled: list
+    unlabeled: list
+    device: object
+    budget_s: float
+    overrides: dict
+
+    def settings(self) -> tuple:
+        """What the plan depends on besides the data."""
+        return self.device, self.budget_s, self.overrides
+
+
 def before_after(before: float, after: float) -> str:
     return f"before {before:.2f}, after {after:.2f}"
-
-
-def got_worse(before: Optional[float], after: Optional[float]) -> bool:
-    """Whether the held-out Dice fell, at the two decimals the user is shown (a run that changes it
-    by noise is not worse)."""
-    return before is not None and after is not None and round(after, 2) < round(before, 2)
 
 
 class FineTuneWidget(QWidget):
@@ -83,6 +117,15 @@ class FineTuneWidget(QWidget):
         layout.addStretch(1)
         self.status.events.state.connect(self._show_state)
         self.runner.lifetime.connect(models.MODEL_STORE.changed, self.settings.on_model_changed)
+        self._plan: Optional[Tuple[tuple, Plan]] = None  # (the settings it was made with, the plan shown)
+        self._plan_request = 0  # the latest request; results of earlier ones are dropped
+        self._planning = Connections()  # to the planning worker in flight
+        self.destroyed.connect(self._planning.close)
+        self._plan_timer = QTimer(self, singleShot=True, interval=PLAN_DELAY_MS)
+        self._plan_timer.timeout.connect(self.plan)
+        for changed in (self.data.changed, self.settings.changed):
+            changed.connect(self._plan_timer.start)
+        self._plan_timer.start()
 
     def reset_choices(self, *_):
         """napari calls this when layers change: the layer pickers follow."""
@@ -99,6 +142,57 @@ class FineTuneWidget(QWidget):
     def _show_state(self, state: JobState):
         self.start_button.setEnabled(not self.status.running)
         self.cancel_button.setEnabled(state in (JobState.PREPARING, JobState.RUNNING))
+        if not self.status.running:  # plans asked for while it ran were skipped
+            self._plan_timer.start()
+
+    # -- the plan -------------------------------------------------------------------------------------
+    def plan(self):
+        """Plan the run from the current layers and settings in a worker and show it (the planned entry,
+        when no fine-tune runs); a newer request supersedes this one. Returns the worker, if any."""
+        self._plan_request += 1
+        self._planning.close()
+        if not self.settings.planned or self.status.running:
+            return None
+        line = self.settings.plan_line
+        if self.data.from_folders:
+            line.setText(FOLDERS_NOT_PLANNED.format(self.settings.preset_name()))
+            return None
+        try:
+            inputs = self._plan_inputs(*self.data.plan_snapshot())
+        except CVBMInputError as exc:
+            line.setText(f"Plan: {exc}")
+            return None
+        line.setText("Planning…")
+        worker = create_worker(planned, *inputs, _start_thread=False, _ignore_errors=True)
+        request = self._plan_request
+        self._planning.connect(worker.returned, partial(self._planned, request, inputs.settings()))
+        self._planning.connect(worker.errored, partial(self._plan_failed, request))
+        worker.start()
+        return worker
+
+    def _plan_inputs(self, labeled, unlabeled) -> PlanInputs:
+        """The plan's inputs for layer snapshots (see ``TrainingDataPanel.snapshot``)."""
+        settings = self.settings
+        return PlanInputs([Case(*pair) for pair in labeled],
+                          [Case(name, image, spacing=spacing) for name, image, spacing in unlabeled],
+                          settings.device(), settings.budget_s(), settings.overrides())
+
+    def _planned(self, request: int, settings: tuple, plan: Plan):
+        if request == self._plan_request:
+            self._plan = (settings, plan)
+            self.settings.show_plan(plan)
+
+    def _plan_failed(self, request: int, error: Exception):
+        if request == self._plan_request:
+            self.settings.plan_line.setText(f"Plan: {failure_message(error, 'planning')}")
+
+    def _shown_plan(self, inputs: PlanInputs) -> Optional[Plan]:
+        """The plan shown, if it was made from these inputs."""
+        if self._plan is None:
+            return None
+        settings, plan = self._plan
+        fresh = settings == inputs.settings() and plan.fingerprint == fingerprint(inputs.labeled, inputs.unlabeled)
+        return plan if fresh else None
 
     # -- starting and stopping ----------------------------------------------------------------------
     def start(self):
@@ -106,22 +200,28 @@ class FineTuneWidget(QWidget):
         if not self.runner.idle():
             return None
         try:
-            build, config, data, split = self._prepare()
+            prepared = self._prepare()
         except CVBMInputError as exc:
             self.runner.refuse(exc)
             return None
-        total = config.pretrain_iterations + config.selftrain_iterations
+        config, split = prepared.config, prepared.split
+        self._plan_request += 1  # a plan in flight now comes too late
+        pretrain = 0 if config is None else config.pretrain_iterations
+        total = 0 if config is None else pretrain + config.selftrain_iterations
         held_out = split.summary() if split else ""
-        self.status.update(pretrain=config.pretrain_iterations, run=None, last_event=None, history=[],
+        self.status.update(pretrain=pretrain, run=None, last_event=None, history=[],
                            held_out=held_out, no_held_out=split.reason if split else "",
                            initial_dice=None, held_out_dice=None)
         model = (f"Fine-tuning '{models.MODEL_STORE.active}'" if self.settings.from_active
-                 else f"Training a new {config.dim}D network (width {config.width})")
+                 else f"Training a new {self.settings.dim()}D network"
+                 + (f" (width {config.width})" if config is not None else ""))
         checked = (f", checked on held-out {held_out}" if held_out else
                    f" (nothing held out to check it: {split.reason})" if split else "")
-        worker = create_worker(training_updates, build, _start_thread=False, _ignore_errors=True)
+        self._run_message = partial(run_message, model, prepared.data, checked)
+        worker = create_worker(training_updates, prepared.build, config, prepared.planner,
+                               _start_thread=False, _ignore_errors=True)
         return self.runner.start(worker, "CVBM fine-tune", total, detail="Preparing the training data…",
-                                 message=f"{model} for {total} steps on {data}{checked}…",
+                                 message=self._run_message(None if config is None else total),
                                  on_update=self._on_update, on_finished=self._on_finished)
 
     def cancel(self):
@@ -134,31 +234,46 @@ class FineTuneWidget(QWidget):
         event = self.status.last_event
         return "the start" if event is None else describe_event(event)
 
-    def _prepare(self) -> Tuple[Callable[[], TrainingRun], TrainConfig, str, Optional[Holdout]]:
-        """Copy everything the run needs now (later edits change nothing): how to build the run,
-        its config, a description of the data and, from layers, the held-out split of the labels."""
+    def _prepare(self) -> Prepared:
+        """Copy everything the run needs now (later edits change nothing): how to build the run, its
+        config or how to plan it, a description of the data and, from layers, the held-out split."""
+        settings = self.settings
         if self.data.from_folders:
             folders = self.data.chosen_folders()
-            config, weights = self.settings.training_config()
-            return (partial(run_from_folders, folders, config, weights), config,
-                    f"the images in {folders['images']}", None)
+            config, weights = settings.training_config()
+            return Prepared(partial(run_from_folders, folders, weights=weights), config, None,
+                            f"the images in {folders['images']}", None)
         labeled, unlabeled = self.data.snapshot()
-        active = self.settings.active_config() if self.settings.from_active else None
+        active = settings.active_config() if settings.from_active else None
         given = None if active is None else active.num_classes
         labels = interpret_labels({name: label for name, _, label, *_ in labeled}, given, what="labels layer")
         labeled = [(name, image, labels[name], *rest) for name, image, _, *rest in labeled]
-        config, weights = self.settings.training_config(infer_num_classes(labels.values(), given))
-        _check_model_fits(config, labeled, unlabeled)
-        split = split_corrections([Case(*pair) for pair in labeled], seed=config.seed)
-        if split.held_out:
-            total = config.pretrain_iterations + config.selftrain_iterations
-            config = dataclasses.replace(config, validate_every=max(1, round(total / VALIDATIONS)))
-        return (partial(run_from_arrays, split.train, unlabeled, config, weights, split.held_out), config,
-                f"{len(labeled)} labeled + {len(unlabeled)} unlabeled images", split)
+        num_classes = infer_num_classes(labels.values(), given)
+        _check_model_fits(num_classes, settings.dim(), labeled, unlabeled)
+        config, planner = None, None
+        if settings.planned:
+            inputs = self._plan_inputs(labeled, unlabeled)
+            shown = self._shown_plan(inputs)
+            if shown is not None:
+                config = dataclasses.replace(shown.config, num_classes=num_classes)
+            else:
+                planner = partial(planned, *inputs._replace(overrides={**inputs.overrides, "num_classes": num_classes}))
+            weights = settings.weights()
+        else:
+            config, weights = settings.training_config(num_classes)
+        split = split_corrections([Case(*pair) for pair in labeled], seed=settings.fields["seed"].value)
+        return Prepared(partial(run_from_arrays, split.train, unlabeled, weights=weights, validation=split.held_out),
+                        config, planner, f"{len(labeled)} labeled + {len(unlabeled)} unlabeled images", split)
 
     # -- updates from the worker (GUI thread) ---------------------------------------------------------
     def _on_update(self, update):
         status = self.status
+        if isinstance(update, Planned):  # planned in the worker: show what runs
+            self.settings.show_plan(update.plan)
+            config = update.plan.config
+            total = config.pretrain_iterations + config.selftrain_iterations
+            status.update(pretrain=config.pretrain_iterations, total=total, message=self._run_message(total))
+            return
         if isinstance(update, RunReady):
             status.run = update.run
             if status.state == JobState.PREPARING:
@@ -203,12 +318,12 @@ class FineTuneWidget(QWidget):
         show_info(f"CVBM fine-tune finished: '{name}' is now the active model")
 
 
-def _check_model_fits(config: TrainConfig, labeled, unlabeled):
+def _check_model_fits(num_classes: int, dim: int, labeled, unlabeled):
     for name, _, label, *_ in labeled:
-        if label.max() >= config.num_classes:
+        if label.max() >= num_classes:
             raise CVBMInputError(f"'{name}' has label values up to {int(label.max())} but the model "
-                                 f"has {config.num_classes} classes (0..{config.num_classes - 1})")
+                                 f"has {num_classes} classes (0..{num_classes - 1})")
     for name, image, *_ in labeled + unlabeled:
-        if config.dim == 3 and image.ndim != 3:
+        if dim == 3 and image.ndim != 3:
             raise CVBMInputError(f"'{name}' is a 2D image but the model is a 3D network: "
                                  f"start from a new 2D network instead")

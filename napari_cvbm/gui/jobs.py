@@ -87,6 +87,7 @@ class JobRunner:
         # the state last: its subscribers read the new total
         self.status.update(step=0, total=total, detail=detail, message=message, state=JobState.PREPARING)
         self._job.connect(self.status.events.step, self._advance_bar)
+        self._job.connect(self.status.events.total, self._resize_bar)  # e.g. once the worker has planned the run
         ended = partial(self._finished, worker, on_finished)
         for signal, slot in (("yielded", on_update), ("returned", on_result),
                              ("errored", self._failed), ("finished", ended)):
@@ -104,6 +105,10 @@ class JobRunner:
     def _advance_bar(self, step: int):
         if self.pbar is not None and step > self.pbar.n:
             self.pbar.update(step - self.pbar.n)
+
+    def _resize_bar(self, total: int):
+        if self.pbar is not None:
+            self.pbar.total = total
 
     def _failed(self, error: Exception):
         message = failure_message(error, self.what)

@@ -23,7 +23,7 @@ from superqt.utils import signals_blocked
 
 from ..core.device import available_devices
 from ..core.errors import CVBMInputError
-from ..core.guidance import rank_slices
+from ..core.guidance import rank_slices, slices_apart
 from ..core.predictor import Predictor
 from . import models
 from .compare import CompareView, confidence_pair
@@ -85,7 +85,8 @@ class SegmentWidget(QWidget):
             self._mode.native.setItemData(i, tip, Qt.ToolTipRole)
         self._device = ComboBox(label="Device", choices=available_devices(), value="auto")
         self._largest = CheckBox(text="keep largest component", value=False,
-                                 tooltip="keep only the largest connected piece of each class")
+                                 tooltip="keep only the largest connected piece of each class (set from the "
+                                         "model: on when that scored better on its validation data)")
         self._segment_button = QPushButton("Segment")
         self._segment_button.clicked.connect(lambda: self.segment())
         self._compare_button = QPushButton("Compare fg/bg")
@@ -107,6 +108,13 @@ class SegmentWidget(QWidget):
         layout.addWidget(self.ranking)
         layout.addStretch(1)
 
+    def _follow_model_settings(self):
+        """The largest-component box shows the active model's own setting."""
+        try:
+            self._largest.value = bool(models.MODEL_STORE.get()[1].largest_component)
+        except CVBMInputError:
+            pass
+
     def reset_choices(self, *_):
         """Keep the image picker in sync with the layer list (napari calls this on layer events)."""
         self._image.reset_choices()
@@ -117,6 +125,7 @@ class SegmentWidget(QWidget):
 
     def _on_model_changed(self, _active):
         self.model_panel.refresh()
+        self._follow_model_settings()
         if self._last_run is None or self._last_run[0] not in self.viewer.layers:
             return
         try:
@@ -156,20 +165,20 @@ class SegmentWidget(QWidget):
             device=self._device.value, largest_component=self._largest.value,
             progress=lambda fraction: self._progress_changed.emit(int(round(100 * fraction))),
             _start_thread=False, _ignore_errors=True)
-        run = (image_layer, model, name, time.perf_counter())
+        run = (image_layer, model, name, time.perf_counter(), slices_apart(config, tuple(image_layer.scale)))
         return self.runner.start(worker, f"CVBM: segmenting {image_layer.name}", 100, detail="",
                                  message=f"Segmenting '{image_layer.name}' with {name}…",
                                  on_result=partial(self._on_result, run), on_finished=self._on_finished)
 
     def _on_result(self, run, result):
-        image_layer, model, model_name, started = run
+        image_layer, model, model_name, started, apart = run
         if image_layer not in self.viewer.layers:
             self.status.message = f"'{image_layer.name}' was closed before its segmentation finished."
             return
         comparing = self.compare.shown
         self.set_compare(False)  # compare mode follows the newest result
         made = show_prediction(self.viewer, image_layer, result)
-        self.ranking.show_ranking(image_layer, made[SEGMENTATION], rank_slices(result))
+        self.ranking.show_ranking(image_layer, made[SEGMENTATION], rank_slices(result, apart=apart))
         self._last_run = (image_layer, model)
         self.set_compare(comparing)
         share = 100.0 * np.count_nonzero(result.labels) / result.labels.size

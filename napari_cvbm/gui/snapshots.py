@@ -20,6 +20,11 @@ def snapshot(layer) -> np.ndarray:
     return np.array(layer_array(layer))
 
 
+def shape_only(layer) -> np.ndarray:
+    """A read-only stand-in of the layer's full-resolution data with its shape and no memory of its own."""
+    return np.broadcast_to(np.float32(0), layer_array(layer).shape)
+
+
 def source_images(viewer, rgb: bool = False) -> List[Image]:
     """Image layers a user may segment or train on: not made by this plugin (probability maps...),
     and RGB ones only with ``rgb``."""

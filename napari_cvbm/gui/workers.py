@@ -1,14 +1,15 @@
 """What runs in the widgets' worker threads, and the typed updates it sends to the GUI thread.
 
 Worker bodies only compute: they read snapshots taken on the GUI thread and never touch a layer,
-a widget or a status object. A fine-tune is a generator of :class:`RunReady` then one
-:class:`StepDone` per training step (``TrainingRun.events``, spec 5-6), so Cancel stops it between
-two steps; a segmentation returns its ``Prediction`` and reports progress through a callback.
+a widget or a status object. A fine-tune is a generator of :class:`Planned` (when its plan is made
+in the worker), :class:`RunReady` then one :class:`StepDone` per training step
+(``TrainingRun.events``, spec 5-6), so Cancel stops it between two steps; a segmentation returns
+its ``Prediction`` and reports progress through a callback; :func:`planned` returns a ``Plan``.
 """
 
 import dataclasses
 import functools
-from typing import Callable, Iterator, Union
+from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
 
@@ -16,9 +17,12 @@ from ..core.classes import infer_num_classes
 from ..core.config import TrainConfig
 from ..core.data import Case, load_cases, make_case
 from ..core.errors import CVBMInputError
+from ..core.planning import Plan, plan
 from ..core.predictor import Predictor
 from ..core.threads import adapt_threads, use_training_threads
 from ..core.training import ProgressEvent, TrainingRun
+
+VALIDATIONS = 10  # held-out checks in a run on layers, about
 
 
 class JobFailed(Exception):
@@ -44,6 +48,13 @@ def surfacing_errors(body):
 
 
 @dataclasses.dataclass(frozen=True)
+class Planned:
+    """The worker has planned the run (the plan shown before was stale or missing)."""
+
+    plan: Plan
+
+
+@dataclasses.dataclass(frozen=True)
 class RunReady:
     """The worker has built the training run (cases prepared, network on its device)."""
 
@@ -57,13 +68,26 @@ class StepDone:
     event: ProgressEvent
 
 
-TrainingUpdate = Union[RunReady, StepDone]
+TrainingUpdate = Union[Planned, RunReady, StepDone]
+
+
+def planned(labeled, unlabeled, device, budget_s: float, overrides: dict) -> Plan:
+    """``core.planning.plan`` of these cases, its training step measured on the CPU threads a run in
+    the background gets (``core.threads``)."""
+    use_training_threads(background=True)
+    return plan(labeled, unlabeled, device, budget_s, overrides)
 
 
 @surfacing_errors
-def training_updates(build: Callable[[], TrainingRun]) -> Iterator[TrainingUpdate]:
-    """Build the run from its snapshot, then yield one update per step; stops when the consumer does."""
-    run = build()
+def training_updates(build: Callable[[TrainConfig], TrainingRun], config: Optional[TrainConfig],
+                     planner: Optional[Callable[[], Plan]] = None) -> Iterator[TrainingUpdate]:
+    """Build the run with ``config`` (None: plan it with ``planner`` first and yield :class:`Planned`),
+    then yield one update per step; stops when the consumer does."""
+    if config is None:
+        made = planner()
+        yield Planned(made)
+        config = made.config
+    run = build(config)
     yield RunReady(run)
     for event in adapt_threads(run.events(), background=True):  # a core stays with the viewer
         yield StepDone(event)
@@ -77,10 +101,14 @@ def segmentation(predictor: Predictor, image: np.ndarray, **options):
 
 
 # -- run builders (called in the worker thread) ---------------------------------------------------
-def run_from_arrays(labeled, unlabeled, config: TrainConfig, weights, validation=()) -> TrainingRun:
+def run_from_arrays(labeled, unlabeled, config: TrainConfig, weights=None, validation=()) -> TrainingRun:
     """A run on layer snapshots: labeled and validation cases as ``Case``s of the layers' own data
     (e.g. a ``core.holdout.split_corrections`` of them), unlabeled (name, image, spacing). The cases
-    of one image share its normalised copy."""
+    of one image share its normalised copy; with validation cases the run checks on them about
+    ``VALIDATIONS`` times."""
+    if validation:
+        total = config.pretrain_iterations + config.selftrain_iterations
+        config = dataclasses.replace(config, validate_every=max(1, round(total / VALIDATIONS)))
     made = {}
 
     def prepared(case: Case) -> Case:
@@ -96,7 +124,7 @@ def run_from_arrays(labeled, unlabeled, config: TrainConfig, weights, validation
     return TrainingRun(config, labeled_cases, unlabeled_cases, validation_cases, initial_weights=weights)
 
 
-def run_from_folders(folders: dict, config: TrainConfig, weights) -> TrainingRun:
+def run_from_folders(folders: dict, config: TrainConfig, weights=None) -> TrainingRun:
     """A run on the files of ``folders`` (images, labels, unlabeled); a new network takes its class
     count from the labels."""
     new_network = weights is None

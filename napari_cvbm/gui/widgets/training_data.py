@@ -2,7 +2,8 @@
 layers, or folders on disk.
 
 Partly corrected volumes count only on the slices the user annotated or edited
-(``core.annotation``); the panel says which, and takes the snapshot a run trains on.
+(``core.annotation``); the panel says which, takes the snapshot a run trains on (or the lighter one
+a plan reads) and emits ``changed`` whenever the data may have changed.
 """
 
 from functools import partial
@@ -12,7 +13,7 @@ import numpy as np
 from magicgui.widgets import ComboBox
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_warning
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -34,7 +35,7 @@ from ...core.annotation import annotated_mask, counted_slices, format_slices
 from ...core.errors import CVBMInputError
 from ...core.geometry import check_same_place
 from ..jobs import Connections
-from ..snapshots import image_of, label_layers, layer_array, snapshot, source_images
+from ..snapshots import image_of, label_layers, layer_array, shape_only, snapshot, source_images
 
 SOURCE_LAYERS, SOURCE_FOLDERS = "Layers in the viewer", "Folders on disk"
 SUMMARY_DELAY_MS = 150  # recount annotated slices once painting pauses
@@ -110,6 +111,8 @@ class PairRow(QWidget):
 class TrainingDataPanel(QWidget):
     """Where the labeled and unlabeled data come from, which slices count, and their snapshot."""
 
+    changed = Signal()  # pairs, labels, ticked unlabeled images or the source changed
+
     def __init__(self, viewer, lifetime: Connections, parent=None):
         super().__init__(parent)
         self.viewer = viewer
@@ -151,6 +154,7 @@ class TrainingDataPanel(QWidget):
         layout.addWidget(QLabel("Unlabeled images:"))
         self.unlabeled = QListWidget()
         self.unlabeled.setMaximumHeight(80)
+        self.unlabeled.itemChanged.connect(self.changed)
         layout.addWidget(self.unlabeled)
         return page
 
@@ -256,6 +260,7 @@ class TrainingDataPanel(QWidget):
 
     def _schedule_summary(self, *_):
         self._summary_timer.start()
+        self.changed.emit()
 
     def update_summary(self) -> str:
         """Show (and return) which slices of each labeled pair count as labeled."""
@@ -283,6 +288,19 @@ class TrainingDataPanel(QWidget):
     def snapshot(self):
         """Copies of the labeled pairs (name, image, labels, annotated mask, spacing) and of the
         ticked unlabeled images (name, image, spacing); raises CVBMInputError when nothing counts."""
+        labeled, problems = self._labeled(snapshot)
+        for problem in problems:
+            show_warning(f"{problem} — not used")
+        return labeled, [(image.name, snapshot(image), tuple(image.scale)) for image in self.checked_unlabeled()]
+
+    def plan_snapshot(self):
+        """What a plan reads, as :meth:`snapshot` but with each image a stand-in of its shape (no
+        copy; the planner reads no intensities) and without warnings."""
+        labeled, _ = self._labeled(shape_only)
+        return labeled, [(image.name, shape_only(image), tuple(image.scale)) for image in self.checked_unlabeled()]
+
+    def _labeled(self, image_copy):
+        """The labeled pairs with ``image_copy(layer)`` as image, and the pairs where nothing counts."""
         complete = self.complete.isChecked()
         labeled, problems = [], []
         for row in self.rows:
@@ -303,12 +321,8 @@ class TrainingDataPanel(QWidget):
                 continue
             annotated = None if len(slices) == (1 if label.ndim < 3 else label.shape[0]) \
                 else annotated_mask(label.shape, slices)
-            labeled.append((labels.name, snapshot(image), label, annotated, tuple(image.scale)))
+            labeled.append((labels.name, image_copy(image), label, annotated, tuple(image.scale)))
         if not labeled:
             raise CVBMInputError("no labeled data: " + ("; ".join(problems) if problems else
                                  "add a labeled pair (an image and a labels layer with some slices painted)"))
-        for problem in problems:
-            show_warning(f"{problem} — not used")
-        unlabeled = [(image.name, snapshot(image), tuple(image.scale)) for image in self.checked_unlabeled()]
-        return labeled, unlabeled
-
+        return labeled, problems

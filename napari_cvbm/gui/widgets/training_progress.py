@@ -7,20 +7,23 @@ from .job_panel import JobPanel
 
 
 class TrainingProgressPanel(JobPanel):
-    """:class:`JobPanel` of a :class:`TrainingStatus`, plus its loss plot (cleared at each start)."""
+    """:class:`JobPanel` of a :class:`TrainingStatus`, plus its loss plot (cleared at each start and
+    when the run's length becomes known)."""
 
     def __init__(self, status: TrainingStatus, background: str, foreground: str, parent=None):
         super().__init__(status, parent)
         self.loss_plot = LossPlot(self, background, foreground)
         self.body.insertWidget(2, self.loss_plot)
         self._status = status
-        status.events.state.connect(self._on_state)
+        status.events.state.connect(self._clear)
+        status.events.total.connect(self._clear)  # the run was planned after it started
         status.events.last_event.connect(self._on_event)
         status.events.initial_dice.connect(self._on_initial_dice)
 
-    def _on_state(self, state: JobState):
+    def _clear(self, *_):
+        """Span the plot over the run's steps while it prepares."""
         status = self._status
-        if state == JobState.PREPARING:
+        if status.state == JobState.PREPARING:
             selftrain = status.pretrain if status.total > status.pretrain else None
             self.loss_plot.clear(status.total, selftrain_start=selftrain)
 
