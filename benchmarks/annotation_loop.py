@@ -58,18 +58,13 @@ from napari_cvbm.core.training import TrainingRun
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import HOLDOUT, SELECTION, cases, labeled_cases  # noqa: E402
-from sparse_slices import holdout_dice  # noqa: E402
+from sparse_slices import corrected as corrected_case  # noqa: E402
+from sparse_slices import holdout_dice, structure_range  # noqa: E402
 
 STRATEGIES = ("guided", "even", "random")
 STARTER = Path(__file__).resolve().parent.parent / "napari_cvbm" / "models" / "starter.pt"
 COLUMNS = ("strategy", "round", "slices", "minutes", "steps", "dice", "kept", "held_out_before", "held_out_after",
            "picked")
-
-
-def structure_range(label: np.ndarray) -> np.ndarray:
-    """The slices (axis 0) from the first to the last one that holds the structure."""
-    holding = np.flatnonzero((label > 0).reshape(label.shape[0], -1).any(1))
-    return np.arange(holding.min(), holding.max() + 1)
 
 
 def pick_even(label: np.ndarray, corrected: Sequence[int], count: int) -> List[int]:
@@ -98,12 +93,6 @@ def pick_guided(predictor: Predictor, case: Case, corrected: Sequence[int], coun
     prediction = predictor(case.image, spacing=case.spacing, heads="all", amp=predictor.config.amp)
     apart = slices_apart(predictor.config, case.spacing)
     return [z for z, _ in rank_slices(prediction, exclude=corrected, limit=count, apart=apart)]
-
-
-def corrected_case(case: Case, slices: Sequence[int]) -> Case:
-    annotated = np.zeros(case.label.shape, bool)
-    annotated[list(slices)] = True
-    return Case(case.name, case.image, case.label, annotated, case.spacing)
 
 
 def shares(total: int, parts: int) -> List[int]:

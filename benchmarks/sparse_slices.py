@@ -31,10 +31,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import HOLDOUT, SELECTION, cases  # noqa: E402
 
 
+def structure_range(label: np.ndarray) -> np.ndarray:
+    """The slices (axis 0) from the first to the last one that holds the structure."""
+    holding = np.flatnonzero((label > 0).reshape(label.shape[0], -1).any(1))
+    return np.arange(holding.min(), holding.max() + 1)
+
+
 def evenly_spread(label: np.ndarray, count: int) -> np.ndarray:
     """``count`` slices (axis 0) evenly spread inside the range that holds the structure."""
-    holding = np.flatnonzero((label > 0).reshape(label.shape[0], -1).any(1))
-    return np.round(np.linspace(holding.min(), holding.max(), count + 2)[1:-1]).astype(int)
+    holding = structure_range(label)
+    return np.round(np.linspace(holding[0], holding[-1], count + 2)[1:-1]).astype(int)
 
 
 def corrected(case: Case, slices: np.ndarray) -> Case:

@@ -172,12 +172,11 @@ def cmd_predict(args) -> int:
     check_outputs(outputs, overwrite=args.overwrite, case=strip_extension)
     for folder in sorted({target.parent for paths in planned.values() for target in paths.values()}):
         check_writable(folder)
-    cleaning = {} if args.largest_component is None else {"largest_component": args.largest_component}
     heads = "fg" if args.mode == "fg" and not (args.probabilities or args.ranking) else "all"
     for path, paths in tqdm(planned.items(), desc="predict", unit="image", disable=len(files) < 2):
         image = read_image(path, channel=args.channel)
         pred = predictor(image.array, spacing=image.spacing, mode=args.mode, heads=heads, device=args.device,
-                         amp=not args.float32, **cleaning)
+                         largest_component=args.largest_component, amp=not args.float32)
         geometry = dict(geometry=image.geometry)
         write_image(paths["labels"], pred.labels, **geometry)
         if args.probabilities:

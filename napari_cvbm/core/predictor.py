@@ -31,13 +31,14 @@ class Predictor:
 
     def __call__(self, image: np.ndarray, spacing: Optional[Sequence[float]] = None, **options) -> Prediction:
         """:func:`~.inference.predict` with this model's window settings; ``options`` as predict's
-        (mode, heads, device, largest_component, progress, amp...); ``largest_component`` defaults to
-        the model's own setting (decided on validation when it was trained).
+        (mode, heads, device, largest_component, progress, amp...); ``largest_component`` (None or not
+        given) is the model's own setting (decided on validation when it was trained).
 
         With ``spacing`` (the image's voxel size in mm, array order) and a model trained at a working
         spacing (the plan), the image is resampled to it and the probabilities back onto the image's
         own grid, where the labels and maps are computed: the result always has the image's shape."""
-        options.setdefault("largest_component", bool(self.config.largest_component))
+        if options.get("largest_component") is None:  # not given: the model's own setting
+            options["largest_component"] = bool(self.config.largest_component)
         factors = resampling.zoom_factors(spacing, self.config.spacing) if spacing is not None else None
         if factors is None:
             return self._predict(image, **options)
