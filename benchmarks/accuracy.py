@@ -1,15 +1,19 @@
-"""Accuracy benchmark on a dataset folder in the layout of ../shared/data/{acdc,la} (spec 8; issue 4).
+"""Accuracy benchmark on a dataset folder in the layout of ../shared/data/{acdc,la,hrf} (spec 8).
 
     python benchmarks/accuracy.py ../shared/data/acdc --labeled 3 --arm cvbm --scale cpu --eval-split val
 
-Folder layout: images/<case>.nii.gz, labels/<case>.nii.gz, splits.json with "train" and
-"labeled_<N>" lists (plus "val" and/or "test" when present). Protocol:
+Folder layout: images/<case>.<ext>, labels/<case>.<ext> (any format core.io reads: NIfTI, TIFF,
+PNG, JPEG images), optionally fov/<case>.<ext> field-of-view masks, and splits.json with "train"
+and "labeled_<N>" lists (plus "val" and/or "test" when present). Protocol:
 - labeled = splits["labeled_<N>"] (else the first N patients of "labeled_patient_order", else the
   first N "train" cases); unlabeled = every other "train" case;
-- model selection on "val" when the folder has it (ACDC), else on a declared selection set, the
-  4 "train" cases before the last 16 (LA); the last 16 "train" cases are the hold-out ("holdout"),
-  left out of training when it is the evaluation split and unlabeled training data otherwise;
-- evaluation on --eval-split ("val", "test" or "holdout"), whole volumes, metrics in voxels.
+- model selection on "val" when the folder has it (ACDC), else on a declared selection set: when
+  every case is named <number>_<category> (HRF: 01_dr, 01_g, 01_h...), the last 2 cases of each
+  category are the hold-out and the one before them the selection set; otherwise the 4 "train"
+  cases before the last 16 (LA), the last 16 being the hold-out. The hold-out ("holdout") is left
+  out of training when it is the evaluation split and unlabeled training data otherwise;
+- pixels outside a case's field of view are neither trained on nor scored;
+- evaluation on --eval-split ("val", "test" or "holdout"), whole images, metrics in voxels.
 Arms: "supervised" (pre-trained teacher only), "fg_ssl" (same pipeline without bg decoder, mixing
 layer and consistency), "cvbm" (reported for the fg, mix and avg outputs, the bg view alone, and
 its own pre-trained teacher). Writes per-case CSV and a JSON summary to --out.
@@ -22,6 +26,7 @@ voxels); ``--scale paper`` gives the paper's settings (spec 6) as they are. ``--
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -37,7 +42,9 @@ from napari_cvbm.core.predictor import Predictor
 from napari_cvbm.core.training import TrainingRun
 from napari_cvbm.core.views import SCORED_VIEWS, view_probabilities
 
-HOLDOUT, SELECTION = 16, 4
+HOLDOUT, SELECTION = 16, 4  # cases, from the end of "train"
+HOLDOUT_PER_CATEGORY, SELECTION_PER_CATEGORY = 2, 1  # when cases are named <number>_<category>
+CATEGORY = re.compile(r"\d+_([A-Za-z]+)")
 
 
 def labeled_cases(splits: dict, budget: int) -> list:
@@ -60,9 +67,9 @@ def splits_of(folder: Path, labeled: int, eval_split: str = "holdout") -> dict:
         out["selection"] = splits["val"]
         out["unlabeled"] = [c for c in train if c not in chosen]
     else:
-        out["holdout"] = train[-HOLDOUT:]
-        out["selection"] = train[-HOLDOUT - SELECTION:-HOLDOUT]
-        pool = train[:-HOLDOUT - SELECTION] + (out["holdout"] if eval_split != "holdout" else [])
+        out["holdout"], out["selection"] = held_out(train)
+        pool = [c for c in train if c not in out["holdout"] + out["selection"]]
+        pool += out["holdout"] if eval_split != "holdout" else []
         out["unlabeled"] = [c for c in pool if c not in chosen]
     for name in ("val", "test"):
         if name in splits:
@@ -70,21 +77,36 @@ def splits_of(folder: Path, labeled: int, eval_split: str = "holdout") -> dict:
     return out
 
 
+def held_out(train: list) -> tuple:
+    """(hold-out, selection) of the training list, as the module docstring declares them."""
+    categories = [CATEGORY.fullmatch(c) for c in train]
+    if not all(categories):
+        return train[-HOLDOUT:], train[-HOLDOUT - SELECTION:-HOLDOUT]
+    by_category = {}
+    for case, match in zip(train, categories):
+        by_category.setdefault(match.group(1), []).append(case)
+    last = HOLDOUT_PER_CATEGORY + SELECTION_PER_CATEGORY
+    return ([c for group in by_category.values() for c in group[-HOLDOUT_PER_CATEGORY:]],
+            [c for group in by_category.values() for c in group[-last:-HOLDOUT_PER_CATEGORY]])
+
+
 def cases(folder: Path, names, with_labels=True, num_classes=None):
-    """The named cases, through the project's own reader (labels too when asked)."""
+    """The named cases, through the project's own reader (labels too when asked; the field of
+    view from fov/ when the folder has it)."""
     labels = folder / "labels" if with_labels else None
-    return load_cases(folder / "images", labels, num_classes, names=names)
+    fov = folder / "fov" if (folder / "fov").is_dir() else None
+    return load_cases(folder / "images", labels, num_classes, names=names, mask_dir=fov)
 
 
 def evaluate(model, eval_cases, config, views):
     """Per-view metric rows over whole volumes, on each case's own grid."""
     results, predictor = {view: [] for view in views}, Predictor(model, config)
     for case in eval_cases:
-        pred = predictor(case.image, spacing=case.spacing, heads="all" if config.background_branch else "fg",
-                         amp=config.amp)
+        pred = predictor(case.image, spacing=case.spacing, channels=case.channel_names,
+                         heads="all" if config.background_branch else "fg", amp=config.amp)
         for view in views:
             probs = view_probabilities(view, pred.fg, pred.bg, pred.mix)
-            results[view].append((case.name, probs.argmax(0), case.label, None))
+            results[view].append((case.name, probs.argmax(0), case.label, None, case.valid))
     return {view: evaluate_cases(rows, config.num_classes) for view, rows in results.items()}
 
 
@@ -94,7 +116,8 @@ def main(argv=None) -> int:
     parser.add_argument("--labeled", type=int, required=True, help="labeled budget: ACDC 3 or 7, LA 4 or 8")
     parser.add_argument("--arm", choices=("supervised", "fg_ssl", "cvbm"), default="cvbm")
     parser.add_argument("--scale", choices=("cpu", "paper"), default="cpu")
-    parser.add_argument("--dim", type=int, choices=(2, 3), help="default: 2 when the folder has 'val' (ACDC), else 3")
+    parser.add_argument("--dim", type=int, choices=(2, 3),
+                        help="default: 2 for 2D images and when the folder has 'val' (ACDC), else 3")
     parser.add_argument("--eval-split", default="val")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--budget", type=float, default=20.0, metavar="MINUTES",
@@ -107,8 +130,8 @@ def main(argv=None) -> int:
     if args.eval_split not in split:
         parser.error(f"{args.data} has no split {args.eval_split!r}; choose from "
                      f"{sorted(set(split) & {'val', 'test', 'holdout'})}")
-    dim = args.dim or (2 if "val" in split else 3)
     labeled = cases(args.data, split["labeled"])
+    dim = args.dim or (2 if "val" in split or len(labeled[0].shape) == 2 else 3)
     num_classes = infer_num_classes(c.label for c in labeled)
     overrides = dict(parse_setting(s) for s in args.set)
     if args.arm == "supervised":
@@ -122,7 +145,8 @@ def main(argv=None) -> int:
     if args.scale == "paper":
         config, described = preset("paper", dim, **overrides), "the paper's settings"
     else:
-        planned = plan(labeled, unlabeled, choose_device(args.device), budget_s=60 * args.budget, overrides=overrides)
+        planned = plan(labeled, unlabeled, choose_device(args.device), budget_s=60 * args.budget, overrides=overrides,
+                       validation=selection)
         config, described = planned.config, planned.describe()
     print(f"{args.data.name}: {len(labeled)} labeled, {len(unlabeled)} unlabeled, {len(selection)} selection, "
           f"{len(eval_cases)} {args.eval_split} volumes; arm {args.arm}, scale {args.scale}; plan: {described}")

@@ -1,11 +1,14 @@
-"""napari reader for NIfTI (.nii, .nii.gz) and TIFF (.tif, .tiff) images and label maps.
+"""napari reader for NIfTI (.nii, .nii.gz), TIFF (.tif, .tiff), PNG and JPEG (.png, .jpg, .jpeg)
+images and label maps.
 
 :func:`napari_get_reader` accepts a supported file (any letter case), a list of them, or a folder
 holding some; each file becomes one layer (sorted by name), named after its case and scaled by its
 voxel spacing in (z, y, x) order. A file opens as a labels layer when it holds at most 64 distinct
 non-negative integer values (integer type, or float type with whole values) *and* its folder
-(labels/, labelsTr/, masks/, segmentations/ ...) or its name (label, seg, mask, gt) says it is a
-label map; anything else opens as a float32 image. Each layer keeps the file's grid in
+(labels/, labelsTr/, masks/, segmentations/, fov/, roi/ ...) or its name (label, seg, mask, gt) says
+it is a label map; anything else opens as an image: a colour file (RGB PNG/JPEG/TIFF) as one RGB
+layer (``rgb=True``, channels last, uint8 kept), a file with channels or time frames as one layer
+per channel (named after the channels), any other as float32. Each layer keeps the file's grid in
 ``metadata["cvbm_geometry"]`` (and, for NIfTI, the affine in ``metadata["affine"]``) so that
 :mod:`napari_cvbm._writer` writes results back onto the same grid, header and all.
 
@@ -23,15 +26,17 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 from napari.utils.notifications import show_error
 
+from .core.channels import RGB
 from .core.classes import MAX_INFERRED_CLASSES, label_values
 from .core.errors import CVBMInputError
 from .core.io import IMAGE_EXTENSIONS, ImageData, list_images, read_image, read_labels, strip_extension
 
 LABEL_ROLE = "label"  # metadata["cvbm_role"] of label maps opened from files
 GEOMETRY = "cvbm_geometry"  # metadata key of the file's core.geometry.Geometry, for the writers
-_LABEL_FOLDER = re.compile(r"labels?(tr|ts)?|masks?|segmentations?|segs?|gts?|ground_?truths?", re.I)
+_LABEL_FOLDER = re.compile(r"labels?(tr|ts)?|masks?|segmentations?|segs?|gts?|ground_?truths?|fovs?|rois?", re.I)
 _LABEL_NAME = re.compile(r"label|seg|mask|(?<![a-z])gt(?![a-z])", re.I)
 
 
@@ -82,7 +87,7 @@ def _files(path) -> list[Path]:
 
 
 def _layer(file: Path) -> tuple:
-    """One LayerData tuple: labels when ``file`` looks like a label map, else a float image."""
+    """One LayerData tuple: labels when ``file`` looks like a label map, else an image."""
     labels = _label_map(file) if _named_like_labels(file) else None
     data = labels if labels is not None else read_image(file, channel="all")
     metadata = {"spacing": data.spacing, GEOMETRY: data.geometry}
@@ -90,10 +95,26 @@ def _layer(file: Path) -> tuple:
         metadata["affine"] = data.affine
     if labels is not None:
         metadata["cvbm_role"] = LABEL_ROLE
-    kwargs = {"name": strip_extension(file), "scale": data.spacing, "metadata": metadata}
-    if data.array.ndim == 4:  # channels or time frames: one 3D layer each, which the widgets can use
+    name = strip_extension(file)
+    kwargs = {"name": name, "scale": data.spacing, "metadata": metadata}
+    array = data.array
+    if data.channel_names == RGB:  # napari's RGB: one layer, channels last
+        array, kwargs["rgb"] = _rgb(array), True
+    elif data.channels > 1:  # channels or time frames: one layer each, which the widgets can use
         kwargs["channel_axis"] = 0
-    return data.array, kwargs, "image" if labels is None else "labels"
+        kwargs["name"] = [f"{name} {channel}" for channel in data.channel_names]
+    return array, kwargs, "image" if labels is None else "labels"
+
+
+def _rgb(array: np.ndarray) -> np.ndarray:
+    """A (3, ...) colour image channels last, as uint8 (or uint16) when its values are, so that
+    napari shows its true colours."""
+    array = np.moveaxis(array, 0, -1)
+    if np.isfinite(array).all() and (array == np.round(array)).all() and array.min() >= 0:
+        for dtype in (np.uint8, np.uint16):
+            if array.max() <= np.iinfo(dtype).max:
+                return np.ascontiguousarray(array, dtype=dtype)
+    return np.ascontiguousarray(array)
 
 
 def _named_like_labels(file: Path) -> bool:

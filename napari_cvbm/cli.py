@@ -29,7 +29,24 @@ def _given_settings(args) -> dict:
     return given
 
 
-CHANNEL_HELP = "for 4D images (several channels or time frames): the one to use, from 0"
+CHANNEL_HELP = ("for images with several channels or time frames: the one to use, from 0, or 'all' to use "
+                "every channel as the model's input (e.g. MRI sequences); colour photographs use their "
+                "red, green and blue channels unless one is chosen")
+MASK_HELP = ("folder of field-of-view masks (same case names, non-zero = inside, e.g. a fundus photograph's "
+             "disc): pixels outside are {}")
+
+
+def _channel(text: str):
+    """--channel: an index from 0, or 'all'."""
+    if text.lower() == "all":
+        return "all"
+    try:
+        index = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a channel index from 0 or 'all', not {text!r}") from None
+    if index < 0:
+        raise argparse.ArgumentTypeError(f"a channel index counts from 0, not {index}")
+    return index
 THREADS_HELP = ("CPU threads (default: OMP_NUM_THREADS if set, else the cores other processes leave free, "
                 "looked at again while training; see docs/PERFORMANCE.md)")
 
@@ -86,14 +103,13 @@ def _train(args) -> int:
     if not args.resume:  # the whole configuration is checked before any data is read
         config = preset(args.preset or "cpu", given.get("dim", 3), **given)
     threads = _use_threads(args, say)
-    labeled = load_cases(args.images, args.labels, given.get("num_classes"), annotated_dir=args.annotated,
-                         channel=args.channel)
+    read = dict(channel=args.channel, mask_dir=args.mask)
+    labeled = load_cases(args.images, args.labels, given.get("num_classes"), annotated_dir=args.annotated, **read)
     if not labeled:
         raise CVBMInputError("empty labeled set")
     num_classes = infer_num_classes((c.label for c in labeled), given.get("num_classes"))
-    unlabeled = load_cases(args.unlabeled, channel=args.channel) if args.unlabeled else []
-    validation = load_cases(args.val_images, args.val_labels, num_classes, channel=args.channel) \
-        if args.val_images else []
+    unlabeled = load_cases(args.unlabeled, **read) if args.unlabeled else []
+    validation = load_cases(args.val_images, args.val_labels, num_classes, **read) if args.val_images else []
     if args.resume:
         run = TrainingRun.resume(args.resume, labeled, unlabeled, validation, out_dir=args.out, device=args.device,
                                  overrides=given, preset_name=args.preset)
@@ -108,7 +124,7 @@ def _train(args) -> int:
 
             planned = plan(labeled, unlabeled, distributed.local_device(choose_device(args.device)),
                            budget_s=None if args.budget is None else 60 * args.budget,
-                           overrides={**given, "num_classes": num_classes})
+                           overrides={**given, "num_classes": num_classes}, validation=validation)
             config = planned.config
             say(f"plan: {planned.describe()}")
         run = TrainingRun(config, labeled, unlabeled, validation, out_dir=args.out, device=args.device)
@@ -141,14 +157,19 @@ FG_MAPS = ("prob_fg", "confidence_fg")  # --probabilities: maps of every model, 
 BG_MAPS = ("prob_bg", "prob_mix", "confidence_bg", "disagreement")
 
 
+PHOTO_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+
 def _prediction_paths(path: Path, out: Path, fmt: Optional[str], maps) -> dict:
     """Where the label map ("labels": OUT/<case><ext>, paired by case name) and each map (OUT/maps/) of
-    ``path`` go."""
+    ``path`` go. A photograph's labels are PNG (JPEG would change their values) and its maps TIFF."""
     from .core.io import strip_extension
 
     name = strip_extension(path)
     suffix = fmt or path.name[len(name):]
-    return {"labels": out / f"{name}{suffix}", **{key: out / "maps" / f"{name}_{key}{suffix}" for key in maps}}
+    photo = suffix.lower() in PHOTO_EXTENSIONS
+    labels, maps_suffix = (".png", ".tif") if photo else (suffix, suffix)
+    return {"labels": out / f"{name}{labels}", **{key: out / "maps" / f"{name}_{key}{maps_suffix}" for key in maps}}
 
 
 def cmd_predict(args) -> int:
@@ -175,8 +196,9 @@ def cmd_predict(args) -> int:
     heads = "fg" if args.mode == "fg" and not (args.probabilities or args.ranking) else "all"
     for path, paths in tqdm(planned.items(), desc="predict", unit="image", disable=len(files) < 2):
         image = read_image(path, channel=args.channel)
-        pred = predictor(image.array, spacing=image.spacing, mode=args.mode, heads=heads, device=args.device,
-                         largest_component=args.largest_component, amp=not args.float32)
+        pred = predictor(image.array, spacing=image.spacing, channels=image.channel_names, mode=args.mode,
+                         heads=heads, device=args.device, largest_component=args.largest_component,
+                         amp=not args.float32)
         geometry = dict(geometry=image.geometry)
         write_image(paths["labels"], pred.labels, **geometry)
         if args.probabilities:
@@ -218,6 +240,21 @@ def _evaluation_pairs(args) -> list:
     return pairs
 
 
+def _field_of_view(folder, truths: dict) -> dict:
+    """label path -> its field-of-view mask from ``folder`` (by case name), checked against the label's grid."""
+    from .core.io import check_aligned, list_images, read_labels, strip_extension
+
+    files = {strip_extension(path): path for path in list_images(folder)}
+    views = {}
+    for label, truth in truths.items():
+        path = files.get(strip_extension(label))
+        if path is not None:
+            view = read_labels(path)
+            check_aligned(truth, view, label, path)
+            views[label] = view.array > 0
+    return views
+
+
 def cmd_evaluate(args) -> int:
     from .core.classes import infer_num_classes, interpret_labels
     from .core.io import check_aligned, read_labels, strip_extension
@@ -236,8 +273,9 @@ def cmd_evaluate(args) -> int:
     labels = interpret_labels({path: truth.array for path, truth in truths.items()}, args.num_classes)
     preds = interpret_labels(preds, args.num_classes, what="prediction file")
     num_classes = infer_num_classes([*preds.values(), *labels.values()], args.num_classes)
-    loaded = [(strip_extension(pred), preds[pred], labels[label], truths[label].spacing if args.mm else None)
-              for pred, label in pairs]
+    views = _field_of_view(args.mask, truths) if args.mask else {}
+    loaded = [(strip_extension(pred), preds[pred], labels[label], truths[label].spacing if args.mm else None,
+               views.get(label)) for pred, label in pairs]
     rows = evaluate_cases(loaded, num_classes)
     summary = summarize(rows)
     print(format_table(summary, distance_unit="mm" if args.mm else "vox"))
@@ -265,7 +303,7 @@ def cmd_gui(args) -> int:
 def _add_compute_options(p: argparse.ArgumentParser) -> None:
     """What a command computes on and reads: --device, --channel, --threads."""
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument("--channel", type=int, help=CHANNEL_HELP)
+    p.add_argument("--channel", type=_channel, help=CHANNEL_HELP)
     p.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
 
 
@@ -279,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotated", help="folder of masks (same case names, non-zero = annotated) for partly "
                                        "labeled volumes: only those voxels count as labeled")
     p.add_argument("--unlabeled", help="folder of unlabeled images")
+    p.add_argument("--mask", help=MASK_HELP.format("neither supervised nor pseudo-labelled (labeled, unlabeled "
+                                                   "and validation images)"))
     p.add_argument("--val-images", help="validation images (model selection)")
     p.add_argument("--val-labels", help="validation labels")
     p.add_argument("--dim", type=int, choices=(2, 3),
@@ -312,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--largest-component", action=argparse.BooleanOptionalAction,
                    help="keep (or not) only the largest component per class (default: the model's setting, "
                         "decided on validation when it was trained)")
-    p.add_argument("--format", choices=(".nii.gz", ".nii", ".tif", ".tiff"), help="output format (default: input's)")
+    p.add_argument("--format", choices=(".nii.gz", ".nii", ".tif", ".tiff", ".png"),
+                   help="output format (default: the input's; PNG labels and TIFF maps for a .png/.jpg input)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing outputs (default: refuse; an input is never replaced)")
     p.add_argument("--float32", action="store_true",
@@ -324,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("predictions", help="folder of predicted label maps")
     p.add_argument("labels", help="folder of reference label maps (same case names)")
     p.add_argument("--num-classes", type=int)
+    p.add_argument("--mask", help=MASK_HELP.format("not scored"))
     p.add_argument("--only-predicted", action="store_true",
                    help="score the labelled cases that have a prediction (default: every labelled case needs one)")
     p.add_argument("--mm", action="store_true", help="distances in mm from the label spacing (default: voxels)")

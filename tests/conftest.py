@@ -66,6 +66,14 @@ def store(monkeypatch):
     return fresh
 
 
+@pytest.fixture
+def viewer_widget(make_napari_viewer, store):
+    """A napari viewer with the Segment widget docked."""
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-cvbm", "Segment")
+    return viewer, widget
+
+
 @contextlib.contextmanager
 def _recording(convert):
     """A list that receives ``convert(notification)`` for each napari notification shown meanwhile."""

@@ -71,6 +71,23 @@ def test_step_counts_follow_the_budget_and_user_settings_win(fixed_step):
     assert native.spacing is None and native.patch_size == plan.config.patch_size
 
 
+def test_validation_time_comes_out_of_the_budget(fixed_step):
+    case = box_case("c", (48, 64, 64), (1.0,) * 3, (20, 30, 30))
+    alone = planning.plan([case], budget_s=600)
+    few = planning.plan([case], budget_s=600, validation=[case])
+    assert 0 < few.validation_seconds and few.config.pretrain_iterations < alone.config.pretrain_iterations
+    assert few.config.pretrain_iterations // few.config.validate_every == planning.VALIDATIONS  # cheap: as often
+    assert few.seconds == pytest.approx(600, rel=0.02)  # steps and validations together fill the budget
+    large = [box_case(f"v{i}", (64, 128, 128), (1.0,) * 3, (20, 30, 30)) for i in range(2)]
+    costly = planning.plan([case], budget_s=600, validation=large)
+    c, each = costly.config, costly.validation_seconds
+    per_pretraining = c.pretrain_iterations // c.validate_every  # self-training: twice as many
+    assert per_pretraining < planning.VALIDATIONS  # validates less often: as often as its share of the budget allows
+    share = planning.VALIDATION_SHARE * 600
+    assert (3 * per_pretraining * each <= share or per_pretraining == 1) and 3 * (per_pretraining + 1) * each > share
+    assert costly.seconds == pytest.approx(600, rel=0.05)
+
+
 def test_2d_plan_resizes_whole_slices(fixed_step):
     case = box_case("d", (10, 200, 180), (1.0,) * 3, (6, 60, 60))
     plan = planning.plan([case], budget_s=120, overrides={"dim": 2})

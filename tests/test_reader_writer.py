@@ -85,7 +85,7 @@ def test_folder_gives_one_sorted_layer_per_supported_file(tmp_path):
     for name in ("b.nii.gz", "a.tif", "c.NII"):
         put(tmp_path / name, IMAGE)
     (tmp_path / "notes.txt").write_text("ignored")
-    (tmp_path / "preview.png").write_bytes(b"ignored")
+    (tmp_path / "preview.bmp").write_bytes(b"ignored")
     put(tmp_path / ".hidden.nii.gz", IMAGE)
     layers = read(str(tmp_path))
     assert [kwargs["name"] for _, kwargs, _ in layers] == ["a", "b", "c"]
@@ -108,22 +108,22 @@ def test_real_sample_folder_opens_as_labels():
     "names",
     [
         "missing.nii.gz",
-        "picture.png",
+        "picture.bmp",
         "archive.gz",
         "empty",  # a folder without images
-        "pngs",  # a folder with unsupported files only
+        "bmps",  # a folder with unsupported files only
         ["missing.tif"],
-        ["ok.nii.gz", "picture.png"],  # one unsupported file spoils a list
+        ["ok.nii.gz", "picture.bmp"],  # one unsupported file spoils a list
         [],
     ],
 )
 def test_no_reader_for_unsupported_paths(tmp_path, names):
     put(tmp_path / "ok.nii.gz", IMAGE)
-    (tmp_path / "picture.png").write_bytes(b"\x89PNG")
+    (tmp_path / "picture.bmp").write_bytes(b"BM")
     (tmp_path / "archive.gz").write_bytes(gzip.compress(b"x"))
     (tmp_path / "empty").mkdir()
-    (tmp_path / "pngs").mkdir()
-    (tmp_path / "pngs" / "a.png").write_bytes(b"\x89PNG")
+    (tmp_path / "bmps").mkdir()
+    (tmp_path / "bmps" / "a.bmp").write_bytes(b"BM")
     path = [str(tmp_path / n) for n in names] if isinstance(names, list) else str(tmp_path / names)
     assert napari_get_reader(path) is None
 
@@ -255,9 +255,11 @@ def test_writer_drops_an_affine_that_no_longer_fits(tmp_path):
 @pytest.mark.parametrize(
     ("name", "data", "meta", "message"),
     [
-        ("out.png", IMAGE, {}, "unsupported extension"),
+        ("out.bmp", IMAGE, {}, "unsupported extension"),
+        ("out.png", IMAGE, {}, "PNG holds one 2D image"),
+        ("out.jpg", IMAGE[0], {}, "JPEG is lossy"),
         ("out.nii.gz", np.zeros((2, 3, 4, 5)), {}, "expected 2D or 3D"),
-        ("out.tif", np.zeros((8, 8, 3), np.uint8), {"rgb": True}, "RGB"),
+        ("out.nii.gz", np.zeros((8, 8, 3), np.uint8), {"rgb": True}, "RGB"),  # RGB: .tif or .png only
         ("out.nii.gz", IMAGE, {"scale": (1.0, 1.0)}, "spacing"),
         ("out.nii.gz", IMAGE, {"scale": (0.0, 1.0, 1.0)}, "spacing"),
         ("file.txt/out.nii.gz", IMAGE, {}, "Cannot write"),  # parent is a file

@@ -24,13 +24,6 @@ def tiny_checkpoint(path, seed=0):
 
 
 @pytest.fixture
-def viewer_widget(make_napari_viewer, store):
-    viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-cvbm", "Segment")
-    return viewer, widget
-
-
-@pytest.fixture
 def tiny_widget(viewer_widget, tmp_path):
     """Viewer and widget with a tiny random model active (fast, independent of the starter)."""
     viewer, widget = viewer_widget
@@ -185,8 +178,8 @@ def test_bad_images_are_refused_with_notifications(tiny_widget, qtbot, notificat
     assert any("3D model" in message for message in errors(notifications)), widget.status.message
 
     rgb = viewer.add_image(np.zeros((32, 32, 3), np.uint8), name="photo", rgb=True)
-    assert widget.segment(rgb) is None
-    assert any("RGB" in message for message in errors(notifications))
+    assert widget.segment(rgb) is None  # a grey-level model: the engine's channel check, before any work
+    assert any("expects 1 channel; 'photo' has 3 channels" in message for message in errors(notifications))
     assert not made_layers(viewer, "slice") and widget._segment_button.isEnabled()
 
 

@@ -32,10 +32,12 @@ BAD_TYPES = {
     Optional[Tuple[int, int]]: [(32, 32)],  # a 3D run has no slice size
     Optional[Tuple[float, ...]]: [1.25, "1.25", (0, 1.0, 1.0), (-1.25, 1.0, 1.0), (NAN, 1.0, 1.0),
                                   (INF, 1.0, 1.0), (True, 1.0, 1.0), ("a", 1.0, 1.0), (1.25, 1.25), ()],
+    # names of the channels: text, one per channel (in_channels is 1 in these checks)
+    Optional[Tuple[str, ...]]: ["red", ("red", 1), (1,), ("",), ("red", "green"), (), [None]],
 }
 # values of the right type outside the field's range
 OUT_OF_RANGE = {
-    "dim": [0, 1, 4, -3], "num_classes": [1, 0, -2], "width": [0, -4],
+    "dim": [0, 1, 4, -3], "num_classes": [1, 0, -2], "width": [0, -4], "in_channels": [0, -3],
     "batch_labeled": [0, -2, 3], "batch_unlabeled": [0, 4, 6],
     "pretrain_iterations": [0, -1], "selftrain_iterations": [-1], "lr": [0, 0.0, -0.01],
     "momentum": [-0.1, 1, 1.5], "weight_decay": [-1e-4], "ema_decay": [-0.01, 1.01],
@@ -47,7 +49,8 @@ OUT_OF_RANGE = {
 # edge values that are fine
 VALID = {"selftrain_iterations": 0, "consistency_rampup": 0, "lr": 1e6, "momentum": 0, "ema_decay": 1.0,
          "alpha": 0, "inference_overlap": 0, "channels_last": None, "rotate_degrees": 180, "seed": 2 ** 32 - 1,
-         "patch_size": (16, 16, 32), "width": 1, "weight_decay": 0, "spacing": (2.5, 0.7, 0.7)}
+         "patch_size": (16, 16, 32), "width": 1, "weight_decay": 0, "spacing": (2.5, 0.7, 0.7),
+         "in_channels": 4, "channel_names": ("T1",)}
 
 
 def assert_refused(value, name, **overrides):

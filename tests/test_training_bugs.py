@@ -20,7 +20,7 @@ def test_rotated_corners_are_never_supervised(dim, shape):
     case = make_case("full", rng.normal(size=shape).astype(np.float32), np.ones(shape, np.int64))
     sampler = PatchSampler([case], dim, patch_size=(24, 32, 32)[-dim:] if dim == 3 else (32, 32),
                            rng=np.random.default_rng(1), rot_flip_probability=0.0, rotate_degrees=45.0)
-    _, labels, annotated = sampler.sample(32)
+    _, labels, annotated, _ = sampler.sample(32)
     assert (annotated == 0).any()  # rotated samples do have unsupervised corners
     assert (labels[annotated > 0] == 1).all()
 
@@ -33,7 +33,8 @@ def test_fine_tuning_keeps_every_architecture_field_of_its_model():
     fine_tune = preset("cpu", 3, pretrain_iterations=2, **trained.architecture(), patch_size=trained.patch_size)
     rebuilt = build_model(fine_tune)
     rebuilt.load_state_dict(model.state_dict())  # raises on any architecture difference
-    assert set(trained.architecture()) == {"dim", "num_classes", "width", "background_branch", "norm"}
+    assert set(trained.architecture()) == {"dim", "in_channels", "channel_names", "num_classes", "width",
+                                           "background_branch", "norm"}
 
 
 @pytest.mark.parametrize("name, dim", [("cpu", 3), ("cpu", 2), ("paper", 3), ("paper", 2)])

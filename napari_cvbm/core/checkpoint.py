@@ -24,7 +24,8 @@ WEIGHT_ENTRIES = ("model", "teacher", "best_state", "pretrained_state")  # the s
 
 def build_model(config: TrainConfig) -> CVBMNet:
     """The network described by ``config`` (spec 1)."""
-    return CVBMNet(**config.architecture())
+    network = {k: v for k, v in config.architecture().items() if k != "channel_names"}
+    return CVBMNet(**network)
 
 
 def save_checkpoint(path, payload: dict) -> Path:

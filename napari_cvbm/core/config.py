@@ -18,6 +18,8 @@ class TrainConfig:
     """Every setting of a CVBM run. Sizes are in the (z, y, x) / (y, x) array order."""
 
     dim: int = 3
+    in_channels: int = 1  # image channels, first when more than one (core.channels)
+    channel_names: Optional[Tuple[str, ...]] = None  # what they are, e.g. red, green, blue; None: not named
     num_classes: int = 2
     width: int = 16
     background_branch: bool = True  # False: the foreground-only ablation (no bg decoder, no psi, no L_bcl)
@@ -76,6 +78,8 @@ class TrainConfig:
         size = self.slice_size or self.patch_size
         if len(size) == self.dim:
             problems += _size_problems(name, size, self.norm)
+        if self.channel_names is not None and len(self.channel_names) != self.in_channels:
+            problems.append(f"channel_names {self.channel_names} must name the {self.in_channels} channel(s)")
         if self.batch_labeled % 2:
             problems.append("batch_labeled must be even (pre-training mixes labeled pairs)")
         if self.batch_unlabeled != self.batch_labeled:
@@ -126,7 +130,8 @@ FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
 CHOICES = {"dim": (2, 3), "norm": ("instance", "batch"), "lr_schedule": ("constant", "poly"),
            "consistency_schedule": ("release", "paper")}
 RANGES = {
-    "num_classes": Range(2), "width": Range(1), "batch_labeled": Range(2), "batch_unlabeled": Range(2),
+    "num_classes": Range(2), "in_channels": Range(1), "width": Range(1), "batch_labeled": Range(2),
+    "batch_unlabeled": Range(2),
     "pretrain_iterations": Range(1), "selftrain_iterations": Range(0), "lr": Range(0, open_low=True),
     "momentum": Range(0, 1, open_high=True), "weight_decay": Range(0), "ema_decay": Range(0, 1),
     "alpha": Range(0), "cutmix_beta": Range(0, 1, open_low=True, open_high=True),
@@ -134,8 +139,8 @@ RANGES = {
     "rotate_degrees": Range(0, 180), "validate_every": Range(1), "checkpoint_every": Range(1),
     "inference_overlap": Range(0, 1, open_high=True), "seed": Range(0, 2 ** 32 - 1),
 }
-#: The settings that define the network: every rebuild of a trained model keeps them.
-ARCHITECTURE = ("dim", "num_classes", "width", "background_branch", "norm")
+#: The settings that define the network and what its inputs are: every rebuild of a trained model keeps them.
+ARCHITECTURE = ("dim", "in_channels", "channel_names", "num_classes", "width", "background_branch", "norm")
 #: What a trained network expects of its input: the window or slice size and the working spacing.
 MODEL_INPUT = ("patch_size", "slice_size", "spacing")
 #: What a resumed run may change: how long it trains, how often it validates and saves, how it computes.
@@ -166,7 +171,10 @@ def _expected(value, kind) -> Optional[str]:
     if kind in checks:
         check, wanted = checks[kind]
         return None if check(value) else wanted
-    sides = get_args(kind)  # Tuple[int, ...], Tuple[int, int] or Tuple[float, ...]
+    sides = get_args(kind)  # Tuple[int, ...], Tuple[int, int], Tuple[float, ...] or Tuple[str, ...]
+    if sides[0] is str:
+        fine = isinstance(value, tuple) and all(isinstance(v, str) and v for v in value)
+        return None if fine else "a tuple of names (e.g. red,green,blue)"
     count = None if sides[-1] is Ellipsis else len(sides)
     whole = sides[0] is int
     positive = (lambda v: _is_int(v) and v > 0) if whole else (lambda v: _is_finite_number(v) and v > 0)

@@ -2,23 +2,27 @@
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from scipy import ndimage
 
+from .channels import channel_count, channels_first, spatial_shape
 from .classes import interpret_labels
 from .errors import CVBMInputError
-from .intensity import normalize_intensity
+from .intensity import normalize_channels, normalize_intensity
 
 
 @dataclass
 class Case:
-    """One image (z-scored float32) with its optional labels and annotated-voxel mask.
+    """One image (z-scored float32, per channel) with its optional labels and masks.
 
-    ``annotated`` marks the voxels whose labels count (a partly corrected volume); None
-    means every voxel of a labeled case is annotated.
+    ``image`` follows core.channels: (z, y, x) / (y, x) for one channel, channels first for more
+    (``channel_names`` then names them). ``annotated`` marks the voxels whose labels count (a partly
+    corrected volume); None means every voxel of a labeled case is annotated. ``valid`` is a
+    field-of-view mask: voxels outside it are neither supervised, pseudo-labelled nor scored
+    (None: all are inside).
     """
 
     name: str
@@ -26,18 +30,50 @@ class Case:
     label: Optional[np.ndarray] = None
     annotated: Optional[np.ndarray] = None
     spacing: Tuple[float, ...] = ()
+    valid: Optional[np.ndarray] = None
+    channel_names: Tuple[str, ...] = ()
+
+    @property
+    def channels(self) -> int:
+        return channel_count(self.channel_names)
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        """The spatial shape."""
+        return spatial_shape(self.image, self.channels)
 
 
-def make_case(name, image, label=None, annotated=None, spacing=None, num_classes=None) -> Case:
-    """Validate and normalise one case; bad input raises :class:`CVBMInputError`."""
+def _mask(name: str, mask, shape, what: str) -> np.ndarray:
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != tuple(shape):
+        raise CVBMInputError(f"{name}: {what} shape {mask.shape} does not match image {tuple(shape)}")
+    if not mask.any():
+        raise CVBMInputError(f"{name}: no voxel is inside the {what}")
+    return mask
+
+
+def make_case(name, image, label=None, annotated=None, spacing=None, num_classes=None,
+              channel_names: Sequence[str] = (), valid=None) -> Case:
+    """Validate and normalise one case; bad input raises :class:`CVBMInputError`. ``image`` has its
+    channels first when ``channel_names`` names more than one (core.channels); ``valid`` is a
+    field-of-view mask (non-zero inside), which also bounds ``annotated``."""
     image = np.asarray(image)
-    if image.ndim not in (2, 3) or min(image.shape) < 1:
-        raise CVBMInputError(f"{name}: image has shape {image.shape}; expected a 2D or 3D scalar image")
-    normalized = normalize_intensity(image, name=name)
+    channel_names = tuple(str(n) for n in channel_names)
+    channels = channel_count(channel_names)
+    if channels > 1 and (image.ndim not in (3, 4) or image.shape[0] != channels):
+        raise CVBMInputError(f"{name}: image has shape {image.shape}; expected {channels} channels "
+                             f"({', '.join(channel_names)}) first")
+    shape = spatial_shape(image, channels)
+    if len(shape) not in (2, 3) or min(shape) < 1:
+        raise CVBMInputError(f"{name}: image has shape {image.shape}; expected a 2D or 3D image")
+    normalized = normalize_channels(image, name=name) if channels > 1 else normalize_intensity(image, name=name)
+    if valid is not None:
+        valid = _mask(name, valid, shape, "field-of-view mask")
+        valid = None if valid.all() else valid
     if label is not None:
         label = np.asarray(label)
-        if label.shape != image.shape:
-            raise CVBMInputError(f"{name}: label shape {label.shape} does not match image shape {image.shape}")
+        if label.shape != shape:
+            raise CVBMInputError(f"{name}: label shape {label.shape} does not match image shape {shape}")
         if not np.issubdtype(label.dtype, np.integer):
             if not np.all(np.isfinite(label)) or np.any(label != np.round(label)):
                 raise CVBMInputError(f"{name}: labels must be integer class indices")
@@ -47,26 +83,37 @@ def make_case(name, image, label=None, annotated=None, spacing=None, num_classes
                 f"{name}: label values {int(label.min())}..{int(label.max())} are outside 0..{num_classes - 1}"
                 if num_classes else f"{name}: negative label values")
         if annotated is not None:
-            annotated = np.asarray(annotated, dtype=bool)
-            if annotated.shape != image.shape:
-                raise CVBMInputError(f"{name}: annotated mask shape {annotated.shape} does not match image "
-                                     f"{image.shape}")
+            annotated = _mask(name, annotated, shape, "annotated mask")
+        if valid is not None:
+            annotated = valid if annotated is None else annotated & valid
             if not annotated.any():
-                raise CVBMInputError(f"{name}: no voxel is marked as annotated")
-    spacing = tuple(float(s) for s in spacing) if spacing is not None else (1.0,) * image.ndim
-    return Case(name, normalized, label, annotated, spacing)
+                raise CVBMInputError(f"{name}: no annotated voxel is inside the field-of-view mask")
+    spacing = tuple(float(s) for s in spacing) if spacing is not None else (1.0,) * len(shape)
+    return Case(name, normalized, label, annotated, spacing, valid, channel_names if channels > 1 else ())
 
 
 def annotated_slices(case: Case) -> np.ndarray:
     """Indices along axis 0 holding at least one annotated voxel (all slices if fully annotated)."""
     if case.annotated is None:
-        return np.arange(case.image.shape[0])
+        return np.arange(case.shape[0])
     return np.flatnonzero(case.annotated.reshape(case.annotated.shape[0], -1).any(1))
 
 
 def _resize(array: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
-    factors = [t / s for t, s in zip(shape, array.shape)]
+    """``array`` resized onto ``shape`` along its last axes (leading ones, e.g. channels, kept)."""
+    lead = array.ndim - len(shape)
+    factors = [1.0] * lead + [t / s for t, s in zip(shape, array.shape[lead:])]
     return ndimage.zoom(array, factors, order=order, mode="nearest", grid_mode=True)
+
+
+class Batch(NamedTuple):
+    """Training samples: images (B, C, *P) float; for labeled cases labels (B, *P) long and the
+    annotated region (B, *P) float; the field of view (B, *P) float when a case has one."""
+
+    images: torch.Tensor
+    labels: Optional[torch.Tensor] = None
+    annotated: Optional[torch.Tensor] = None
+    valid: Optional[torch.Tensor] = None
 
 
 class PatchSampler:
@@ -96,33 +143,40 @@ class PatchSampler:
         self.rotate_degrees = rotate_degrees
         self.rng = rng or np.random.default_rng()
         self.labeled = cases[0].label is not None
+        self.masked = any(c.valid is not None for c in cases)
         self._slices = [annotated_slices(c) for c in cases] if dim == 2 else None
 
-    def sample(self, batch: int):
-        """(images (B,1,*P) float, labels (B,*P) long or None, annotated (B,*P) float or None)."""
+    def sample(self, batch: int) -> Batch:
+        """A :class:`Batch` of ``batch`` augmented samples."""
         items = [self._draw() for _ in range(batch)]
-        images = torch.from_numpy(np.stack([i[0] for i in items])[:, None].copy())
-        if not self.labeled:
-            return images, None, None
-        labels = torch.from_numpy(np.stack([i[1] for i in items]).copy())
-        annotated = torch.from_numpy(np.stack([i[2] for i in items]).astype(np.float32))
-        return images, labels, annotated
+
+        def stacked(k, dtype=None):
+            array = np.stack([i[k] for i in items])
+            return torch.from_numpy(array.astype(dtype) if dtype else array.copy())
+
+        images = stacked(0)
+        labels, annotated = (stacked(1), stacked(2, np.float32)) if self.labeled else (None, None)
+        return Batch(images, labels, annotated, stacked(-1, np.float32) if self.masked else None)
 
     def _draw(self):
+        """[image (C, *P), then label and annotated mask for labeled cases, then the field of view
+        when the sampler has one]."""
         index = int(self.rng.integers(len(self.cases)))
         case = self.cases[index]
-        arrays = [case.image]
+        whole = np.ones(case.shape, dtype=bool)
+        arrays = [channels_first(case.image, case.channels)]
         if self.labeled:
-            arrays += [case.label, case.annotated if case.annotated is not None
-                       else np.ones(case.image.shape, dtype=bool)]
+            arrays += [case.label, case.annotated if case.annotated is not None else whole]
+        if self.masked:
+            arrays.append(case.valid if case.valid is not None else whole)
         if self.dim == 2:
-            if case.image.ndim == 3:
+            if len(case.shape) == 3:
                 z = int(self.rng.choice(self._slices[index]))
-                arrays = [a[z] for a in arrays]
+                arrays = [arrays[0][:, z]] + [a[z] for a in arrays[1:]]
             if self.resize:
                 arrays = [_resize(a, self.size, order=1 if i == 0 else 0) for i, a in enumerate(arrays)]
-        elif case.image.ndim != 3:
-            raise CVBMInputError(f"{case.name}: a 3D model needs 3D volumes, got shape {case.image.shape}")
+        elif len(case.shape) != 3:
+            raise CVBMInputError(f"{case.name}: a 3D model needs 3D volumes, got shape {case.shape}")
         if not self.resize:
             arrays = self._crop(arrays)
         if self.augment:
@@ -130,9 +184,11 @@ class PatchSampler:
         return arrays
 
     def _crop(self, arrays):
-        pad = [(0, max(0, p - s)) for p, s in zip(self.size, arrays[0].shape)]
-        arrays = [np.pad(a, pad) if any(p[1] for p in pad) else a for a in arrays]
-        shape = arrays[0].shape
+        spatial = arrays[0].shape[1:]
+        pad = [(0, max(0, p - s)) for p, s in zip(self.size, spatial)]
+        if any(p[1] for p in pad):
+            arrays = [np.pad(a, [(0, 0)] * (a.ndim - len(pad)) + pad) for a in arrays]
+        shape = arrays[0].shape[1:]
         if self.labeled and not arrays[2].all():
             # centre the crop near a random annotated voxel so the sample carries supervision
             voxels = np.argwhere(arrays[2])
@@ -142,7 +198,7 @@ class PatchSampler:
         else:
             starts = [int(self.rng.integers(0, s - p + 1)) for s, p in zip(shape, self.size)]
         box = tuple(slice(s, s + p) for s, p in zip(starts, self.size))
-        return [a[box] for a in arrays]
+        return [a[(Ellipsis, *box)] for a in arrays]
 
     def _augment(self, arrays):
         if self.rng.random() < self.rot_flip_probability:
@@ -160,23 +216,26 @@ class PatchSampler:
         return [np.flip(a, axis) for a in arrays]
 
     def _rotate(self, arrays):
-        """In-plane rotation: linear for the image, nearest-neighbour for labels and mask. The corners
-        rotated in from outside the crop are filled from its edge (image, labels) and marked as not
-        annotated, so they are never supervised as anything."""
+        """In-plane rotation: linear for the image, nearest-neighbour for labels and masks. The corners
+        rotated in from outside the crop are filled from its edge (image, labels) and left out of the
+        masks (annotated, field of view), so they are never supervised as anything."""
         angle = float(self.rng.uniform(-self.rotate_degrees, self.rotate_degrees))
-        plane = (arrays[0].ndim - 2, arrays[0].ndim - 1)
-        return [ndimage.rotate(a, angle, axes=plane, reshape=False, order=1 if i == 0 else 0,
-                               mode="constant" if i == 2 else "nearest", cval=0)
+        first_mask = 2 if self.labeled else 1  # see _draw
+        return [ndimage.rotate(a, angle, axes=(a.ndim - 2, a.ndim - 1), reshape=False, order=1 if i == 0 else 0,
+                               mode="constant" if i >= first_mask else "nearest", cval=0)
                 for i, a in enumerate(arrays)]
 
 
 def load_cases(images, labels_dir=None, num_classes=None, annotated_dir=None, channel=None,
-               names=None) -> List[Case]:
+               names=None, mask_dir=None) -> List[Case]:
     """Cases from a folder (or single file) of images, with labels matched by case name when
     ``labels_dir`` is given, and optional annotated-voxel masks (non-zero = annotated) from
     ``annotated_dir`` for partly labeled volumes; cases without a mask there are fully annotated.
-    ``channel`` picks one volume of 4D (multi-channel or multi-frame) images; ``names`` keeps only
-    those cases, in that order. Any unreadable or inconsistent file raises CVBMInputError."""
+    ``mask_dir``: field-of-view masks (non-zero = inside; e.g. a fundus photograph's disc) by case
+    name; a case without one is inside everywhere. ``channel`` picks one volume of 4D (multi-channel
+    or multi-frame) images, ``"all"`` keeps them as channels (colour images always keep theirs);
+    ``names`` keeps only those cases, in that order. Any unreadable or inconsistent file raises
+    CVBMInputError."""
     from .io import (
         IMAGE_EXTENSIONS,
         check_aligned,
@@ -202,6 +261,7 @@ def load_cases(images, labels_dir=None, num_classes=None, annotated_dir=None, ch
             raise CVBMInputError(f"{len(missing)} case(s) not found in {images}: {', '.join(missing[:5])}")
         pairs = [by_name[n] for n in names]
     masks = {strip_extension(p): p for p in list_images(annotated_dir)} if annotated_dir else {}
+    views = {strip_extension(p): p for p in list_images(mask_dir)} if mask_dir else {}
     labels = {path: read_labels(path) for _, path in pairs if path is not None}
     for path, array in interpret_labels({p: data.array for p, data in labels.items()}, num_classes).items():
         labels[path].array = array  # decided for the whole set: 0/255 masks are one class
@@ -214,6 +274,11 @@ def load_cases(images, labels_dir=None, num_classes=None, annotated_dir=None, ch
             check_aligned(image, labels[label_path], image_path, label_path)
             label = labels[label_path].array
         annotated = read_labels(masks[name]).array > 0 if name in masks else None
-        cases.append(make_case(name, image.array, label, annotated=annotated,
-                               spacing=image.spacing, num_classes=num_classes))
+        valid = None
+        if name in views:
+            view = read_labels(views[name])
+            check_aligned(image, view, image_path, views[name])
+            valid = view.array > 0
+        cases.append(make_case(name, image.array, label, annotated=annotated, spacing=image.spacing,
+                               num_classes=num_classes, channel_names=image.channel_names, valid=valid))
     return cases

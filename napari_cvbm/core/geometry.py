@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .channels import spatial_shape
 from .errors import CVBMInputError
 
 # Millimetres per unit, keyed by the unit names NIfTI, ImageJ and OME use.
@@ -91,11 +92,12 @@ class Geometry:
 
 def check_aligned(image, labels, image_path, label_path) -> None:
     """Raise :class:`CVBMInputError` unless ``labels`` lies on the voxel grid of ``image`` (both
-    :class:`~.io.ImageData`): same shape, spacing and world placement (:func:`check_same_place`)."""
+    :class:`~.io.ImageData`): same spatial shape (an image's channels aside), spacing and world
+    placement (:func:`check_same_place`)."""
     name = f"{Path(image_path).name} vs {Path(label_path).name}"
-    if labels.array.shape != image.array.shape:
-        raise CVBMInputError(f"label shape {labels.array.shape} does not match image shape "
-                             f"{image.array.shape} ({name})")
+    shape = spatial_shape(image.array, image.channels)
+    if labels.array.shape != shape:
+        raise CVBMInputError(f"label shape {labels.array.shape} does not match image shape {shape} ({name})")
     if not np.allclose(labels.spacing, image.spacing, rtol=1e-3):
         raise CVBMInputError(f"label spacing {tuple(labels.spacing)} does not match image spacing "
                              f"{tuple(image.spacing)} ({name})")

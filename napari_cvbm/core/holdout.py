@@ -53,7 +53,7 @@ def _count(n: int) -> int:
 
 
 def _mask(case: Case) -> np.ndarray:
-    return np.ones(case.image.shape, bool) if case.annotated is None else np.asarray(case.annotated, bool)
+    return np.ones(case.shape, bool) if case.annotated is None else np.asarray(case.annotated, bool)
 
 
 def _spread(slices: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -78,19 +78,19 @@ def split_corrections(cases: Sequence[Case], seed: int = 0) -> Holdout:
                        what=[f"image '{c.name}'" for c in held])
     train, held, what = [], [], []
     for case in cases:
-        slices = annotated_slices(case) if case.image.ndim == 3 else np.arange(0)
+        slices = annotated_slices(case) if len(case.shape) == 3 else np.arange(0)
         if len(slices) < MIN_SLICES:
             train.append(case)
             continue
         out = _spread(slices, rng)
-        chosen = np.zeros(case.image.shape[0], bool)
+        chosen = np.zeros(case.shape[0], bool)
         chosen[out] = True
         mask = _mask(case)
         train.append(replace(case, annotated=mask & ~chosen[:, None, None]))
         held.append(replace(case, annotated=mask & chosen[:, None, None]))
         what.append(f"slice{'s' if len(out) > 1 else ''} {format_slices(out)} of '{case.name}'")
     if not held:
-        reason = TOO_FEW_SLICES if any(c.image.ndim == 3 for c in cases) else TOO_FEW_IMAGES
+        reason = TOO_FEW_SLICES if any(len(c.shape) == 3 for c in cases) else TOO_FEW_IMAGES
         return Holdout(cases, [], reason=reason)
     return Holdout(train, held, what=what)
 

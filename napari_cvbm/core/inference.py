@@ -23,10 +23,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .channels import channels_first, spatial_shape
 from .components import largest_component_per_class
 from .device import autocast, choose_device
 from .errors import CVBMInputError
-from .intensity import normalize_intensity
+from .intensity import normalize_channels
 from .views import OUTPUT_MODES, bg_view, combine_views, confidence_map, disagreement_map, fg_view, mix_view
 
 __all__ = ["HEADS", "BLEND_MODES", "Prediction", "predict"]
@@ -210,7 +211,8 @@ def predict(
     model: a CVBMNet-like module with ``dim``, ``num_classes``, ``background_branch``,
         ``size_divisor``, ``forward`` (-> (fg, bg, mix) logits) and ``forward_fg``. It is put in
         eval mode (its previous mode restored afterwards) and moved to ``device`` (left there).
-    image: raw (z, y, x) or (y, x) array; z-scored here with ``normalize_intensity``.
+    image: raw (z, y, x) or (y, x) array, with a channel axis first for a model of several input
+        channels (core.channels); z-scored here, per channel.
     mode: "fg" (default), "mix" or "avg": which probabilities give ``labels``.
     heads: "all" runs the full model once per window and keeps fg, bg and mix views;
         "fg" runs only ``forward_fg`` (plain-network cost; mode must be "fg").
@@ -253,11 +255,16 @@ def predict(
     num_views = 3 if (heads == "all" and has_bg) else 1
 
     image = np.asarray(image)
-    if image.ndim not in (2, 3):
+    in_channels = int(getattr(model, "in_channels", 1))
+    spatial = spatial_shape(image, in_channels)
+    if in_channels > 1 and (image.ndim not in (3, 4) or image.shape[0] != in_channels):
+        raise CVBMInputError(f"this model takes {in_channels} channels first, (C, y, x) or (C, z, y, x); "
+                             f"got shape {image.shape}")
+    if len(spatial) not in (2, 3):
         raise CVBMInputError(f"image must be 2D (y, x) or 3D (z, y, x), got shape {image.shape}")
     if image.size == 0:
         raise CVBMInputError(f"image is empty (shape {image.shape})")
-    if dim == 3 and image.ndim == 2:
+    if dim == 3 and len(spatial) == 2:
         raise CVBMInputError(
             f"this is a 3D model but the image is 2D {image.shape}; "
             "use a 3D volume (z, y, x) or a 2D model")
@@ -275,9 +282,8 @@ def predict(
         patch = _as_size(patch_size, dim, "patch_size", divisor)
     ov = _overlap_tuple(overlap, dim)
 
-    norm = normalize_intensity(image)
+    norm = normalize_channels(channels_first(image, in_channels))  # (C, *spatial)
     dev = choose_device(device)
-    spatial = norm.shape
     n_vox = int(np.prod(spatial))
 
     # Stitch on the compute device unless the outputs would be large (then on the CPU).
@@ -336,11 +342,12 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def _predict_volume(model, norm, heads, num_views, settings, overlap, dev, blend, progress_cb):
-    """3D model: sliding window over the whole volume -> list of (C, z, y, x) arrays."""
-    total = _windows_per_image(norm.shape, settings.patch_size, overlap)
+    """3D model: sliding window over the whole (channels, z, y, x) volume -> list of (classes, z, y, x)
+    arrays."""
+    total = _windows_per_image(norm.shape[1:], settings.patch_size, overlap)
     prog = _Progress(progress_cb, total)
     prog.report(0.0)
-    x = torch.from_numpy(np.ascontiguousarray(norm))[None, None].to(dev)
+    x = torch.from_numpy(np.ascontiguousarray(norm))[None].to(dev)
     out = _sliding(x, _make_predictor(model, heads, num_views, prog), settings, overlap, dev, blend)
     if isinstance(out, torch.Tensor):
         out = (out,)
@@ -348,10 +355,11 @@ def _predict_volume(model, norm, heads, num_views, settings, overlap, dev, blend
 
 
 def _predict_slices(model, norm, heads, num_views, settings, overlap, dev, blend, slice_size, progress_cb):
-    """2D model: slice by slice along axis 0 (a 2D image is one slice) -> list of (C, ...) arrays."""
-    is_2d_image = norm.ndim == 2
-    slices = norm[None] if is_2d_image else norm
-    n, h, w = slices.shape
+    """2D model: slice by slice along spatial axis 0 (a 2D image is one slice) of a (channels, ...)
+    image -> list of (classes, ...) arrays."""
+    is_2d_image = norm.ndim == 3
+    slices = norm[:, None] if is_2d_image else norm
+    _, n, h, w = slices.shape
     num_classes = int(model.num_classes)
     chunk = settings.batch_size
     if slice_size is None:
@@ -364,7 +372,7 @@ def _predict_slices(model, norm, heads, num_views, settings, overlap, dev, blend
     outs = [np.empty((num_classes, n, h, w), dtype=np.float32) for _ in range(num_views)]
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        x = torch.from_numpy(np.ascontiguousarray(slices[start:stop]))[:, None].to(dev)
+        x = torch.from_numpy(np.ascontiguousarray(slices[:, start:stop].transpose(1, 0, 2, 3))).to(dev)
         if slice_size is None:
             res = _sliding(x, predictor, settings, overlap, dev, blend)
             if isinstance(res, torch.Tensor):

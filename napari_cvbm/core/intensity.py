@@ -1,4 +1,5 @@
-"""Intensity normalisation shared by training and inference (spec 6: zero mean, unit variance)."""
+"""Intensity normalisation shared by training and inference (spec 6: zero mean, unit variance),
+per channel for multi-channel images (as nnU-Net's z-score scheme)."""
 
 import numpy as np
 
@@ -19,3 +20,8 @@ def normalize_intensity(image: np.ndarray, name: str = "image") -> np.ndarray:
     if std < 1e-8:
         return np.zeros_like(image)
     return centred / np.float32(std)
+
+
+def normalize_channels(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """Each channel of a channels-first ``image`` (C, ...) z-scored on its own (float32)."""
+    return np.stack([normalize_intensity(channel, name=name) for channel in np.asarray(image)])

@@ -90,11 +90,15 @@ def region_wide_loss(
     return terms
 
 
-def bidirectional_consistency(output) -> Dict[str, torch.Tensor]:
-    """L_bcl = MSE(P_M, P_fg) [direct] + MSE(1 - Q_bg, P_fg) [inverse], on probabilities (spec 4)."""
+def bidirectional_consistency(output, region: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+    """L_bcl = MSE(P_M, P_fg) [direct] + MSE(1 - Q_bg, P_fg) [inverse], on probabilities (spec 4);
+    with ``region`` (N, *S), averaged over its voxels only (a field of view)."""
     p_fg = fg_view(output.fg)
-    direct = F.mse_loss(mix_view(output.mix), p_fg)
-    inverse = F.mse_loss(1.0 - torch.sigmoid(output.bg), p_fg)
+
+    def mse(p: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(p, p_fg) if region is None else _masked_mean(((p - p_fg) ** 2).mean(1), region)
+
+    direct, inverse = mse(mix_view(output.mix)), mse(1.0 - torch.sigmoid(output.bg))
     return {"bcl_direct": direct, "bcl_inverse": inverse, "bcl": direct + inverse}
 
 

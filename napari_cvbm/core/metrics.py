@@ -182,13 +182,15 @@ def dice_score(prediction, truth, num_classes: int) -> float:
 
 
 def case_metrics(
-    prediction, truth, num_classes: int, spacing: Sequence[float] | None = None
+    prediction, truth, num_classes: int, spacing: Sequence[float] | None = None, mask=None
 ) -> dict[int, dict[str, float]]:
     """Metrics of one case: ``{class: {metric: value}}`` for classes 1..num_classes-1.
 
     ``prediction`` and ``truth`` are 2D or 3D integer label maps of one shape with values in
     0..num_classes-1; ``spacing`` (one value per axis, same axis order) gives distances in mm,
-    ``None`` in voxels. Raises ``CVBMInputError`` on mismatched shapes or out-of-range labels.
+    ``None`` in voxels; ``mask`` (a field of view, non-zero inside): voxels outside are not scored
+    (both maps read as background there). Raises ``CVBMInputError`` on mismatched shapes or
+    out-of-range labels.
     """
     if int(num_classes) != num_classes or num_classes < 2:
         raise CVBMInputError(f"num_classes must be an integer of at least 2, got {num_classes}")
@@ -206,6 +208,11 @@ def case_metrics(
     _check_spacing(spacing, prediction.ndim)
     _check_labels(prediction, num_classes, "prediction")
     _check_labels(truth, num_classes, "truth")
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.shape != prediction.shape:
+            raise CVBMInputError(f"mask shape {mask.shape} differs from the label maps' {prediction.shape}")
+        prediction, truth = (np.where(mask > 0, labels, 0) for labels in (prediction, truth))
     return {
         c: binary_metrics(prediction == c, truth == c, spacing) for c in range(1, num_classes)
     }
@@ -214,18 +221,19 @@ def case_metrics(
 def evaluate_cases(cases: Iterable[tuple], num_classes: int) -> list[dict]:
     """Metrics of many cases, one row per (case, foreground class).
 
-    ``cases`` yields ``(name, prediction, truth, spacing)`` tuples (``spacing`` may be ``None``).
+    ``cases`` yields ``(name, prediction, truth, spacing)`` tuples (``spacing`` may be ``None``),
+    or ``(name, prediction, truth, spacing, mask)`` with a field of view (:func:`case_metrics`).
     Rows are dicts with keys ``case, class, dice, jaccard, hd95, asd``. Case names must be unique.
     """
     rows: list[dict] = []
     seen: set[str] = set()
-    for name, prediction, truth, spacing in cases:
+    for name, prediction, truth, spacing, *mask in cases:
         name = str(name)
         if name in seen:
             raise CVBMInputError(f"case name {name!r} appears twice")
         seen.add(name)
         try:
-            per_class = case_metrics(prediction, truth, num_classes, spacing)
+            per_class = case_metrics(prediction, truth, num_classes, spacing, *mask)
         except CVBMInputError as error:
             raise CVBMInputError(f"case {name}: {error}") from None
         for c, values in per_class.items():

@@ -10,11 +10,18 @@ of the labelled structure in the slices that count) and the device decide:
   (``core.resampling``, ``core.predictor``); the spacing is stored in the checkpoint's config.
 * the **patch** (3D; multiples of the network's 16): the budget's voxels shared out in proportion to
   the image, then grown by 16 along the axis that sees the least of the structure. 2D runs resize
-  whole slices (spec 6, ACDC protocol): 128 on a CPU, 256 on a GPU.
+  whole slices (spec 6, ACDC protocol): 128 on a CPU, 256 on a GPU; unless the structure would be
+  thinner than ``MIN_THICKNESS`` pixels on them (retinal vessels on a fundus photograph): then they
+  train on crops of that size at the images' own resolution and predict with sliding windows.
+* the **channels** (``in_channels``, ``channel_names``): those of the images, which must all agree.
 * **batch and width**: the ``cpu`` preset's on a CPU, the ``paper`` preset's (spec 6) on a GPU.
 * **step counts** for a time budget: pre-training and self-training in the preset's 1:2 ratio,
   from the measured time of a training step of the planned network on the device (a self-training
-  step costs ``SELFTRAIN_COST`` pre-training steps). Without a budget on a GPU, the paper's counts.
+  step costs ``SELFTRAIN_COST`` pre-training steps), after the time validation takes: ``VALIDATIONS``
+  per pre-training (twice as many in self-training), fewer when they would take more than
+  ``VALIDATION_SHARE`` of the budget (large photographs). Without a budget on a GPU, the paper's counts.
+* the **window overlap** of sliding-window prediction: the preset's, 0.25 (MONAI's default) for 2D
+  patches, which slide over whole photographs of millions of pixels.
 
 Settings the user gives (``overrides``) always win; step counts are planned only when not given, the
 patch for the spacing given.
@@ -27,11 +34,13 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from .acceleration import training_step_seconds, use_channels_last
 from .checkpoint import build_model
 from .config import TrainConfig, preset
 from .data import Case
+from .errors import CVBMInputError
 from .networks import CVBMNet
 
 CONTEXT = 0.8  # a patch sees at least this share of the structure's extent along each axis
@@ -39,8 +48,13 @@ COARSENING = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
 PATCH_VOXELS = {"cpu": 32 * 64 * 64, "gpu": 80 * 112 * 112}  # 3D patch budget per device kind
 SLICE_SIDE = {"cpu": 128, "gpu": 256}
 MIN_SIDE = 32
+MIN_THICKNESS = 2.0  # pixels: thinner structures are not resized away (2D)
 SELFTRAIN_COST = 1.8  # a self-training step in pre-training steps (measured on LA patches, 2 cores: 1.6-1.8)
-VALIDATIONS = 8  # validation (model selection) runs per phase
+VALIDATIONS = 8  # validation (model selection) runs in pre-training; self-training runs twice as many
+VALIDATION_SHARE = 0.2  # validation takes at most this share of a budget
+EXTRA_VALIDATIONS = 2  # the starting weights, and the post-processing decision at the end
+INFERENCE_COST = 0.6  # a pixel predicted (fg head, windows blended) in pixels trained (measured on HRF photographs)
+PATCH_OVERLAP_2D = 0.25
 DEFAULT_BUDGET_S = 10 * 60.0  # a CPU run without a budget: about ten minutes
 
 
@@ -54,6 +68,8 @@ class Fingerprint:
     structure_mm: Optional[Tuple[float, ...]]  # median extent of the labelled structure, None if unknown
     labeled: int
     unlabeled: int
+    channel_names: Tuple[str, ...] = ()  # () for single-channel images (core.channels)
+    thickness: Optional[float] = None  # median in-plane thickness of the structure, pixels (2D plans)
 
     def image_mm(self) -> Tuple[float, ...]:
         return tuple(n * s for n, s in zip(self.shape, self.spacing))
@@ -76,16 +92,35 @@ def _structure_extent(case: Case) -> Optional[np.ndarray]:
     return extent * np.asarray(case.spacing, dtype=float)
 
 
+def _thickness(case: Case) -> Optional[float]:
+    """In-plane thickness of the structure (labels > 0 on the annotated slices), in pixels, from its
+    mean distance to the outline: exactly the width of a straight stripe, 4/3 the radius of a disc."""
+    label = case.label if case.annotated is None else np.where(case.annotated, case.label, 0)
+    planes = label.reshape(-1, *label.shape[-2:]) > 0
+    planes = planes[planes.reshape(len(planes), -1).any(1)]
+    if not len(planes):
+        return None
+    depth = np.concatenate([ndimage.distance_transform_edt(np.pad(p, 1))[1:-1, 1:-1][p] for p in planes])
+    return float(4 * depth.mean() - 2)  # a stripe w pixels wide: distances 1, 2, ..., 2, 1 (mean w/4 + 1/2)
+
+
 def fingerprint(labeled: Sequence[Case], unlabeled: Sequence[Case] = ()) -> Fingerprint:
     cases = list(labeled) + list(unlabeled)
-    dim = cases[0].image.ndim
-    extents = [e for e in (_structure_extent(c) for c in labeled if c.label is not None) if e is not None]
+    names = {c.channel_names for c in cases}
+    if len(names) > 1:
+        shown = "; ".join(f"{', '.join(n) or 'one channel'}" for n in sorted(names))
+        raise CVBMInputError(f"the images do not have the same channels ({shown}); train on images of one kind")
+    dim = len(cases[0].shape)
+    with_labels = [c for c in labeled if c.label is not None]
+    extents = [e for e in (_structure_extent(c) for c in with_labels) if e is not None]
+    thickness = [t for t in (_thickness(c) for c in with_labels) if t is not None] if dim == 2 else []
     return Fingerprint(
         dim=dim,
         spacing=tuple(float(v) for v in np.median([c.spacing for c in cases], axis=0)),
-        shape=tuple(int(v) for v in np.median([c.image.shape for c in cases], axis=0)),
+        shape=tuple(int(v) for v in np.median([c.shape for c in cases], axis=0)),
         structure_mm=tuple(float(v) for v in np.median(extents, axis=0)) if extents else None,
-        labeled=len(labeled), unlabeled=len(unlabeled))
+        labeled=len(labeled), unlabeled=len(unlabeled), channel_names=names.pop(),
+        thickness=float(np.median(thickness)) if thickness else None)
 
 
 def device_kind(device: torch.device) -> str:
@@ -152,6 +187,7 @@ class Plan:
     device: str
     step_seconds: Optional[float]  # measured pre-training step; None when the counts were given
     budget_s: Optional[float]
+    validation_seconds: float = 0.0  # estimated, one validation
 
     @property
     def seconds(self) -> Optional[float]:
@@ -159,18 +195,21 @@ class Plan:
         if self.step_seconds is None:
             return None
         c = self.config
-        return self.step_seconds * (c.pretrain_iterations + SELFTRAIN_COST * c.selftrain_iterations)
+        validations = EXTRA_VALIDATIONS + (c.pretrain_iterations + c.selftrain_iterations) // c.validate_every
+        return (self.step_seconds * (c.pretrain_iterations + SELFTRAIN_COST * c.selftrain_iterations)
+                + validations * self.validation_seconds)
 
     def describe(self) -> str:
         """One line for the user, e.g. "1.25 mm voxels (images x0.50), patches 32x48x80, batch 2+2,
         width 8, 300 + 600 steps: about 14 min on cpu"."""
         c, fp = self.config, self.fingerprint
-        parts = []
+        parts = [f"{c.in_channels} channels ({', '.join(c.channel_names)})"] if c.channel_names else []
         if c.spacing is not None:
             zoom = min(s / w for s, w in zip(fp.spacing, c.spacing))
             parts.append("×".join(f"{s:g}" for s in c.spacing) + f" mm voxels (images ×{zoom:.2f})")
         size = c.slice_size or c.patch_size
-        parts.append(("slices resized to " if c.slice_size else "patches ") + "×".join(map(str, size)))
+        parts.append(("slices resized to " if c.slice_size else "patches ") + "×".join(map(str, size))
+                     + (" at the images' resolution" if c.dim == 2 and not c.slice_size else ""))
         parts.append(f"batch {c.batch_labeled}+{c.batch_unlabeled}, width {c.width}")
         text = ", ".join(parts) + f", {c.pretrain_iterations} + {c.selftrain_iterations} steps"
         if self.seconds is not None:
@@ -179,9 +218,10 @@ class Plan:
 
 
 def plan(labeled: Sequence[Case], unlabeled: Sequence[Case] = (), device: Optional[torch.device] = None,
-         budget_s: Optional[float] = None, overrides: Optional[Dict] = None) -> Plan:
+         budget_s: Optional[float] = None, overrides: Optional[Dict] = None,
+         validation: Sequence[Case] = ()) -> Plan:
     """The plan for training on these cases on ``device`` within ``budget_s`` seconds (see the
-    module docstring); ``overrides`` are settings the user gave, which win."""
+    module docstring), validating on ``validation``; ``overrides`` are settings the user gave, which win."""
     overrides = dict(overrides or {})
     device = device or torch.device("cpu")
     kind = device_kind(device)
@@ -194,7 +234,13 @@ def plan(labeled: Sequence[Case], unlabeled: Sequence[Case] = (), device: Option
         values.update(patch_size=patch, spacing=spacing)
     else:
         side = SLICE_SIDE[kind]
-        values.update(patch_size=(side, side), slice_size=(side, side))
+        shrink = side / max(fp.shape[-2:])
+        thin = fp.thickness is not None and fp.thickness * min(1.0, shrink) < MIN_THICKNESS
+        values.update(patch_size=(side, side), slice_size=None if thin else (side, side))
+        if thin:
+            values.update(inference_overlap=PATCH_OVERLAP_2D)
+    if fp.channel_names:
+        values.update(in_channels=len(fp.channel_names), channel_names=fp.channel_names)
     base = base_preset(device)
     config = preset(base, dim, **{**values, **overrides})
     counts_given = "pretrain_iterations" in overrides and "selftrain_iterations" in overrides
@@ -202,13 +248,34 @@ def plan(labeled: Sequence[Case], unlabeled: Sequence[Case] = (), device: Option
         return Plan(config, fp, str(device), None, budget_s)
     seconds = _step_seconds(config, device)
     budget = budget_s if budget_s is not None else DEFAULT_BUDGET_S
-    pretrain = max(10, int(budget / (seconds * (1 + 2 * SELFTRAIN_COST))))
+    validating = _validation_seconds(config, validation, seconds)
+    validations = VALIDATIONS
+    if validating:  # pre-training validates `validations` times, self-training twice as often
+        validations = max(1, min(VALIDATIONS, int(VALIDATION_SHARE * budget / (3 * validating))))
+    training = budget - (3 * validations + EXTRA_VALIDATIONS) * validating
+    pretrain = max(10, int(training / (seconds * (1 + 2 * SELFTRAIN_COST))))
     counts = {"pretrain_iterations": pretrain, "selftrain_iterations": 2 * pretrain}
     counts = {k: overrides.get(k, v) for k, v in counts.items()}
-    every = max(1, counts["pretrain_iterations"] // VALIDATIONS)
+    every = max(1, counts["pretrain_iterations"] // validations)
     config = preset(base, dim, **{**values, **counts, "validate_every": every, "checkpoint_every": every,
                                   **overrides})
-    return Plan(config, fp, str(device), seconds, budget)
+    return Plan(config, fp, str(device), seconds, budget, validating)
+
+
+def _validation_seconds(config: TrainConfig, validation: Sequence[Case], step_seconds: float) -> float:
+    """Estimated seconds of one validation: every pixel of ``validation`` (at the working spacing,
+    each window-overlap's worth) predicted at ``INFERENCE_COST`` of a trained pixel."""
+    if not validation:
+        return 0.0
+    window = config.slice_size or config.patch_size
+    if config.slice_size:  # each slice resized to the window
+        pixels = sum((c.shape[0] if len(c.shape) == 3 else 1) * np.prod(window) for c in validation)
+    else:
+        zoom = [np.prod(c.spacing) / np.prod(config.spacing) if config.spacing else 1.0 for c in validation]
+        coverage = (1 / (1 - config.inference_overlap)) ** len(window)
+        pixels = sum(np.prod(c.shape) * z for c, z in zip(validation, zoom)) * coverage
+    trained = config.batch_labeled * np.prod(window)
+    return float(step_seconds * INFERENCE_COST * pixels / trained)
 
 
 def _step_seconds(config: TrainConfig, device: torch.device) -> float:

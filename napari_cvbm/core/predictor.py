@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from . import resampling
+from .channels import check_channels, spatial_shape
 from .checkpoint import load_model
 from .config import TrainConfig
 from .inference import Prediction, predict
@@ -29,23 +30,30 @@ class Predictor:
         """The model of a checkpoint file, through the safe loading path (core.checkpoint)."""
         return cls(*load_model(path))
 
-    def __call__(self, image: np.ndarray, spacing: Optional[Sequence[float]] = None, **options) -> Prediction:
+    def __call__(self, image: np.ndarray, spacing: Optional[Sequence[float]] = None,
+                 channels: Optional[Sequence[str]] = None, **options) -> Prediction:
         """:func:`~.inference.predict` with this model's window settings; ``options`` as predict's
         (mode, heads, device, largest_component, progress, amp...); ``largest_component`` (None or not
         given) is the model's own setting (decided on validation when it was trained).
 
+        ``image`` follows core.channels (channels first for a model of several); ``channels``, the
+        names of the image's channels as its reader knows them (() for one channel), are checked
+        against the model's (:func:`~.channels.check_channels`).
+
         With ``spacing`` (the image's voxel size in mm, array order) and a model trained at a working
         spacing (the plan), the image is resampled to it and the probabilities back onto the image's
         own grid, where the labels and maps are computed: the result always has the image's shape."""
+        check_channels(self.config.in_channels, self.config.channel_names or (), channels)
         if options.get("largest_component") is None:  # not given: the model's own setting
             options["largest_component"] = bool(self.config.largest_component)
         factors = resampling.zoom_factors(spacing, self.config.spacing) if spacing is not None else None
         if factors is None:
             return self._predict(image, **options)
         largest = options.pop("largest_component")
+        shape = spatial_shape(image, self.config.in_channels)
         small = self._predict(resampling.resample_image(np.asarray(image), resampling.working_shape(
-            np.shape(image), factors)), **options)
-        views = [None if v is None else resampling.resample_probabilities(v, np.shape(image))
+            shape, factors)), **options)
+        views = [None if v is None else resampling.resample_probabilities(v, shape)
                  for v in (small.fg, small.bg, small.mix)]
         return Prediction.from_views(*views, mode=small.mode, largest_component=largest)
 

@@ -32,8 +32,10 @@ def working_shape(shape: Sequence[int], factors: Sequence[float]) -> Tuple[int, 
 
 
 def resample_image(image: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """``image`` resampled linearly onto ``shape`` (grid centres aligned)."""
-    factors = [t / s for t, s in zip(shape, image.shape)]
+    """``image`` resampled linearly onto the spatial ``shape`` (grid centres aligned); leading axes
+    beyond it (channels) are kept."""
+    lead = image.ndim - len(shape)
+    factors = [1.0] * lead + [t / s for t, s in zip(shape, image.shape[lead:])]
     return ndimage.zoom(image.astype(np.float32, copy=False), factors, order=1, mode="nearest", grid_mode=True)
 
 
@@ -57,14 +59,15 @@ def resample_labels(label: np.ndarray, shape: Sequence[int], annotated: Optional
 
 
 def resample_case(case: Case, spacing: Optional[Spacing]) -> Case:
-    """``case`` at ``spacing`` (image linear, labels and annotated mask nearest); unchanged when it
+    """``case`` at ``spacing`` (image linear, labels and masks nearest); unchanged when it
     is there already or has no spacing."""
     factors = zoom_factors(case.spacing, spacing)
     if factors is None:
         return case
-    shape = working_shape(case.image.shape, factors)
+    shape = working_shape(case.shape, factors)
     label, annotated = (None, None) if case.label is None else resample_labels(case.label, shape, case.annotated)
-    return replace(case, image=resample_image(case.image, shape), label=label, annotated=annotated,
+    valid = None if case.valid is None else resample_labels(case.valid, shape)[0]
+    return replace(case, image=resample_image(case.image, shape), label=label, annotated=annotated, valid=valid,
                    spacing=tuple(float(s) for s in spacing))
 
 

@@ -16,6 +16,7 @@ import torch
 
 from . import distributed
 from .acceleration import GradientStep, faster_layout, memory_format, use_channels_last
+from .channels import check_channels
 from .checkpoint import build_model, load_checkpoint, model_from_payload, nonfinite_tensors, save_checkpoint, save_model
 from .config import TrainConfig, resumed_config
 from .cutmix import cutmix, cutmix_mask, cutmix_pair
@@ -67,8 +68,9 @@ def _check_cases(config: TrainConfig, labeled: Sequence[Case], unlabeled: Sequen
     if not labeled:
         raise CVBMInputError("no labeled images: training needs at least one image with labels")
     for case in list(labeled) + list(unlabeled):
-        if config.dim == 3 and case.image.ndim != 3:
-            raise CVBMInputError(f"{case.name}: a 3D model needs 3D volumes, got shape {case.image.shape}")
+        if config.dim == 3 and len(case.shape) != 3:
+            raise CVBMInputError(f"{case.name}: a 3D model needs 3D volumes, got shape {case.shape}")
+        check_channels(config.in_channels, config.channel_names or (), case.channel_names, what=case.name)
     for case in labeled:
         if case.label is None:
             raise CVBMInputError(f"{case.name}: a labeled case has no labels")
@@ -110,7 +112,8 @@ class TrainingRun:
                        rot_flip_probability=config.rot_flip_probability, rotate_degrees=config.rotate_degrees)
         self.labeled = PatchSampler(list(labeled), **sampler)
         # with no separate unlabeled images, the labeled images also serve as unlabeled ones
-        pool = [Case(c.name, c.image, spacing=c.spacing) for c in (unlabeled or labeled)]
+        pool = [Case(c.name, c.image, spacing=c.spacing, valid=c.valid, channel_names=c.channel_names)
+                for c in (unlabeled or labeled)]
         self.unlabeled = PatchSampler(pool, **sampler)
         self.model = build_model(config)
         if initial_weights is not None:  # fine-tuning: start from a trained model of the same config
@@ -203,12 +206,13 @@ class TrainingRun:
         return self.labeled.sample(self.config.batch_labeled)
 
     def _draw_mixed(self):
-        return self.labeled.sample(self.config.batch_labeled), self.unlabeled.sample(self.config.batch_labeled)[0]
+        return self.labeled.sample(self.config.batch_labeled), self.unlabeled.sample(self.config.batch_labeled)
 
     def _pretrain_step(self, batch):
-        """Teacher pre-training on two cut-mixed labeled inputs: L_fg + L_bg + L_M (spec 3, 4)."""
+        """Teacher pre-training on two cut-mixed labeled inputs: L_fg + L_bg + L_M (spec 3, 4); the
+        annotated region lies inside the field of view."""
         cfg = self.config
-        images, labels, annotated = (self._to_device(t) for t in batch)
+        images, labels, annotated = (self._to_device(t) for t in batch[:3])
         mask = cutmix_mask(images.shape[2:], cfg.cutmix_beta, self.generator).to(self.device)
         half = cfg.batch_labeled // 2
         x_a, x_b = cutmix_pair(images[:half], images[half:], mask)
@@ -231,11 +235,16 @@ class TrainingRun:
 
         As in the release, the first halves of the labeled and unlabeled batches make X_hat_a and
         the second halves X_hat_b, so the student sees one batch of ``batch_labeled`` volumes.
+        Voxels outside a field of view take no loss at all.
         """
         cfg = self.config
         batch = cfg.batch_labeled
-        (x_l, y_l, ann), x_u = (self._to_device(t) for t in sampled[0]), self._to_device(sampled[1])
-        partial = bool((ann < 1).any())
+        labeled, unlabeled = sampled
+        x_l, y_l, ann = (self._to_device(t) for t in labeled[:3])
+        x_u = self._to_device(unlabeled.images)
+        v_l, v_u = (torch.ones_like(ann) if b.valid is None else self._to_device(b.valid) for b in sampled)
+        masked = labeled.valid is not None or unlabeled.valid is not None
+        partial = bool(((ann < 1) & (v_l > 0)).any())
         with torch.no_grad():
             teacher_out = self._forward(self.teacher, torch.cat([x_u, x_l]) if partial else x_u)
             fg_pl, bg_pl = pseudo_labels(teacher_out, clean=cfg.clean_pseudo_labels)
@@ -246,22 +255,22 @@ class TrainingRun:
         mask = cutmix_mask(x_l.shape[2:], cfg.cutmix_beta, self.generator).to(self.device)
         none = torch.zeros_like(ann)
         a, b = slice(0, batch // 2), slice(batch // 2, batch)  # first halves make X_hat_a, second X_hat_b
-        mixes = [  # (input, fg target, bg target, labeled region)
+        mixes = [  # (input, fg target, bg target, labeled region, field of view)
             (cutmix(x_l[a], x_u[a], mask), cutmix(fg_l[a], fg_u[a], mask), cutmix(bg_l[a], bg_u[a], mask),
-             cutmix(ann[a], none[a], mask)),
+             cutmix(ann[a], none[a], mask), cutmix(v_l[a], v_u[a], mask)),
             (cutmix(x_u[b], x_l[b], mask), cutmix(fg_u[b], fg_l[b], mask), cutmix(bg_u[b], bg_l[b], mask),
-             cutmix(none[b], ann[b], mask)),
+             cutmix(none[b], ann[b], mask), cutmix(v_u[b], v_l[b], mask)),
         ]
         lam = consistency_weight(self.iteration, cfg.selftrain_iterations, cfg.consistency_schedule,
                                  cfg.consistency_weight, cfg.consistency_rampup)
         terms: Dict[str, torch.Tensor] = {}
         outputs = _split(self._forward(self.net, torch.cat([m[0] for m in mixes])))
-        for output, (_, fg_t, bg_t, region) in zip(outputs, mixes):
-            parts = region_wide_loss(output, fg_t, bg_t, region, 1.0 - region, cfg.alpha,
+        for output, (_, fg_t, bg_t, region, valid) in zip(outputs, mixes):
+            parts = region_wide_loss(output, fg_t, bg_t, region, valid - region, cfg.alpha,
                                      mix_head=cfg.selftrain_mix_head)
             total = parts["rw"]
             if output.bg is not None:
-                parts.update(bidirectional_consistency(output))
+                parts.update(bidirectional_consistency(output, valid if masked else None))
                 total = total + lam * parts["bcl"]
             parts["total"] = total
             for k, v in parts.items():
@@ -358,7 +367,7 @@ class TrainingRun:
         return model
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
-        """A batch tensor on the training device; images (N, 1, ...) channels-last when configured."""
+        """A batch tensor on the training device; images (N, C, ...) channels-last when configured."""
         t = t.to(self.device, non_blocking=True)
         if self.channels_last and t.ndim == self.config.dim + 2:
             t = t.contiguous(memory_format=memory_format(self.config.dim))
@@ -377,8 +386,8 @@ class TrainingRun:
         if self.validation:
             model = self._place(build_model(self.config))
             model.load_state_dict(self.best_state)
-            plain, cleaned = (self._score(model, largest) for largest in (False, True))
-            chosen = cleaned >= plain
+            plain = self.best_dice if self.best_dice >= 0 else self._score(model)  # selected: scored already
+            chosen = self._score(model, largest_component=True) >= plain
         self.config = replace(self.config, largest_component=chosen)
 
     @torch.no_grad()

@@ -29,9 +29,9 @@ from napari.utils.theme import get_theme
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QHBoxLayout, QPushButton, QVBoxLayout, QWidget
 
+from ..core.channels import check_channels
 from ..core.classes import infer_num_classes, interpret_labels
 from ..core.config import TrainConfig
-from ..core.data import Case
 from ..core.errors import CVBMInputError
 from ..core.holdout import Holdout, got_worse, split_corrections
 from ..core.planning import Plan, fingerprint
@@ -39,11 +39,12 @@ from ..core.training import PHASE_NAMES, ProgressEvent, TrainingRun
 from . import models
 from .job_status import JobState, TrainingStatus
 from .jobs import Connections, JobRunner, failure_message
+from .widgets.channel_picker import model_channels
 from .widgets.model_panel import ModelPanel
 from .widgets.training_data import TrainingDataPanel
 from .widgets.training_progress import TrainingProgressPanel
 from .widgets.training_settings import TrainingSettingsPanel
-from .workers import Planned, RunReady, planned, run_from_arrays, run_from_folders, training_updates
+from .workers import Planned, RunReady, input_channels, planned, run_from_arrays, run_from_folders, training_updates
 
 PLAN_DELAY_MS = 400  # plan once the data and settings have not changed for this long
 FOLDERS_NOT_PLANNED = "Plan: folder runs are not planned; they use the {} preset and the Advanced settings."
@@ -125,11 +126,17 @@ class FineTuneWidget(QWidget):
         self._plan_timer.timeout.connect(self.plan)
         for changed in (self.data.changed, self.settings.changed):
             changed.connect(self._plan_timer.start)
+        self.settings.changed.connect(self._follow_channels)
+        self._follow_channels()
         self._plan_timer.start()
 
     def reset_choices(self, *_):
         """napari calls this when layers change: the layer pickers follow."""
         self.data.reset_choices()
+
+    def _follow_channels(self):
+        """The images are read as the model fine-tuned takes them (a new network: grey or RGB layers)."""
+        self.data.set_channels(model_channels(self.settings.active_config() if self.settings.from_active else None))
 
     @property
     def running(self) -> bool:
@@ -173,9 +180,7 @@ class FineTuneWidget(QWidget):
     def _plan_inputs(self, labeled, unlabeled) -> PlanInputs:
         """The plan's inputs for layer snapshots (see ``TrainingDataPanel.snapshot``)."""
         settings = self.settings
-        return PlanInputs([Case(*pair) for pair in labeled],
-                          [Case(name, image, spacing=spacing) for name, image, spacing in unlabeled],
-                          settings.device(), settings.budget_s(), settings.overrides())
+        return PlanInputs(list(labeled), list(unlabeled), settings.device(), settings.budget_s(), settings.overrides())
 
     def _planned(self, request: int, settings: tuple, plan: Plan):
         if request == self._plan_request:
@@ -246,10 +251,10 @@ class FineTuneWidget(QWidget):
         labeled, unlabeled = self.data.snapshot()
         active = settings.active_config() if settings.from_active else None
         given = None if active is None else active.num_classes
-        labels = interpret_labels({name: label for name, _, label, *_ in labeled}, given, what="labels layer")
-        labeled = [(name, image, labels[name], *rest) for name, image, _, *rest in labeled]
+        labels = interpret_labels({case.name: case.label for case in labeled}, given, what="labels layer")
+        labeled = [dataclasses.replace(case, label=labels[case.name]) for case in labeled]
         num_classes = infer_num_classes(labels.values(), given)
-        _check_model_fits(num_classes, settings.dim(), labeled, unlabeled)
+        _check_model_fits(num_classes, settings.dim(), labeled, unlabeled, active)
         config, planner = None, None
         if settings.planned:
             inputs = self._plan_inputs(labeled, unlabeled)
@@ -261,7 +266,9 @@ class FineTuneWidget(QWidget):
             weights = settings.weights()
         else:
             config, weights = settings.training_config(num_classes)
-        split = split_corrections([Case(*pair) for pair in labeled], seed=settings.fields["seed"].value)
+            if not settings.from_active:  # a preset's new network takes the images' channels
+                config = dataclasses.replace(config, **input_channels(labeled))
+        split = split_corrections(labeled, seed=settings.fields["seed"].value)
         return Prepared(partial(run_from_arrays, split.train, unlabeled, weights=weights, validation=split.held_out),
                         config, planner, f"{len(labeled)} labeled + {len(unlabeled)} unlabeled images", split)
 
@@ -318,12 +325,16 @@ class FineTuneWidget(QWidget):
         show_info(f"CVBM fine-tune finished: '{name}' is now the active model")
 
 
-def _check_model_fits(num_classes: int, dim: int, labeled, unlabeled):
-    for name, _, label, *_ in labeled:
-        if label.max() >= num_classes:
-            raise CVBMInputError(f"'{name}' has label values up to {int(label.max())} but the model "
+def _check_model_fits(num_classes: int, dim: int, labeled, unlabeled, active: Optional[TrainConfig]):
+    """Refuse cases that a network of ``num_classes`` and ``dim`` (fine-tuned: of config ``active``) cannot
+    train on."""
+    for case in labeled:
+        if case.label.max() >= num_classes:
+            raise CVBMInputError(f"'{case.name}' has label values up to {int(case.label.max())} but the model "
                                  f"has {num_classes} classes (0..{num_classes - 1})")
-    for name, image, *_ in labeled + unlabeled:
-        if dim == 3 and image.ndim != 3:
-            raise CVBMInputError(f"'{name}' is a 2D image but the model is a 3D network: "
+    for case in labeled + unlabeled:
+        if dim == 3 and len(case.shape) != 3:
+            raise CVBMInputError(f"'{case.name}' is a 2D image but the model is a 3D network: "
                                  f"start from a new 2D network instead")
+        if active is not None:
+            check_channels(active.in_channels, active.channel_names or (), case.channel_names, f"'{case.name}'")

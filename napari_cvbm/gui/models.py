@@ -71,3 +71,11 @@ class ModelStore:
 
 
 MODEL_STORE = ModelStore()  # one per napari session: both widgets read and write it
+
+
+def active_config() -> Optional[TrainConfig]:
+    """The active model's config, or None when it cannot be had (e.g. the starter model is missing)."""
+    try:
+        return MODEL_STORE.get()[1]
+    except CVBMInputError:
+        return None

@@ -1,5 +1,7 @@
 """Segment widget: pick an image and a model, press Segment, inspect the fg and bg views.
 
+The image is a grey or RGB layer or, for a model of several channels, one aligned layer per
+channel (:mod:`napari_cvbm.gui.widgets.channel_picker`); the results lie on the image layer.
 Prediction runs in a napari thread worker on a copy of the layer (``gui.jobs`` shows its progress
 and errors the same way as the Fine-tune widget); the results become layers
 (:mod:`napari_cvbm.gui.layers`). "Compare fg/bg" shows the confidence of the two views side by
@@ -12,15 +14,16 @@ import time
 from functools import partial
 from typing import Optional
 
-import napari.layers
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, create_widget
+from magicgui.widgets import CheckBox, ComboBox, Container
+from napari.layers import Layer
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_warning
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QHBoxLayout, QPushButton, QVBoxLayout, QWidget
 from superqt.utils import signals_blocked
 
+from ..core.channels import check_channels
 from ..core.device import available_devices
 from ..core.errors import CVBMInputError
 from ..core.guidance import rank_slices, slices_apart
@@ -30,7 +33,8 @@ from .compare import CompareView, confidence_pair
 from .job_status import JobState, JobStatus
 from .jobs import JobRunner
 from .layers import SEGMENTATION, show_prediction
-from .snapshots import snapshot, source_images
+from .snapshots import image_input
+from .widgets.channel_picker import ChannelPicker, model_channels
 from .widgets.job_panel import JobPanel
 from .widgets.model_panel import ModelPanel
 from .widgets.slice_ranking import SliceRankingPanel
@@ -43,18 +47,7 @@ MODE_TIPS = {
 }
 
 
-def image_problem(layer) -> Optional[str]:
-    """Why ``layer`` cannot be segmented, or None."""
-    if layer is None:
-        return "No image to segment: open an image (File > Open, or a napari-cvbm sample) and pick it."
-    if layer.rgb:
-        return f"'{layer.name}' is an RGB image; CVBM segments single-channel grey-value images."
-    if layer.multiscale:
-        return f"'{layer.name}' is a multiscale (pyramid) image; open a single-resolution image."
-    if layer.ndim not in (2, 3):
-        return (f"'{layer.name}' has {layer.ndim} dimensions; CVBM segments one 2D slice (y, x) or one "
-                "3D volume (z, y, x). Split channels or time points into separate layers first.")
-    return None
+NO_IMAGE = "No image to segment: open an image (File > Open, or a napari-cvbm sample) and pick it."
 
 
 class SegmentWidget(QWidget):
@@ -68,7 +61,7 @@ class SegmentWidget(QWidget):
         self.status = JobStatus(detail="", message="Pick an image and press Segment.")
         self.runner = JobRunner(self, self.status, what="segmentation", refused="Not segmented")
         self.compare = CompareView(napari_viewer)
-        self._last_run = None  # (image layer, model) of the last successful segmentation
+        self._last_run = None  # (image layers, model) of the last successful segmentation
         self._rerun_pending = False
         self._build()
         self._progress_changed.connect(partial(setattr, self.status, "step"))
@@ -76,8 +69,9 @@ class SegmentWidget(QWidget):
         self.runner.lifetime.connect(models.MODEL_STORE.changed, self._on_model_changed)
 
     def _build(self):
-        self._image = create_widget(annotation=napari.layers.Image, label="Image",
-                                    options={"choices": lambda _: source_images(self.viewer, rgb=True)})
+        self.picker = ChannelPicker(self.viewer)
+        self._image = self.picker.image
+        self.picker.set_channels(model_channels(models.active_config()))
         self.model_panel = ModelPanel(self.status)
         self._mode = ComboBox(label="Output", choices=list(MODE_TIPS), value="fg")
         self._mode.tooltip = "\n".join(f"{k}: {v}" for k, v in MODE_TIPS.items())
@@ -97,9 +91,8 @@ class SegmentWidget(QWidget):
         buttons.addWidget(self._segment_button)
         buttons.addWidget(self._compare_button)
         layout = QVBoxLayout(self)
-        image_form = Container(widgets=[self._image])
-        image_form.margins = (9, 9, 9, 0)
-        layout.addWidget(image_form.native)
+        self.picker.margins = (9, 9, 9, 0)
+        layout.addWidget(self.picker.native)
         layout.addWidget(self.model_panel)
         layout.addWidget(Container(widgets=[self._mode, self._device, self._largest]).native)
         layout.addLayout(buttons)
@@ -109,15 +102,15 @@ class SegmentWidget(QWidget):
         layout.addStretch(1)
 
     def _follow_model_settings(self):
-        """The largest-component box shows the active model's own setting."""
-        try:
-            self._largest.value = bool(models.MODEL_STORE.get()[1].largest_component)
-        except CVBMInputError:
-            pass
+        """The largest-component box shows the active model's own setting, the image pickers its channels."""
+        config = models.active_config()
+        if config is not None:
+            self._largest.value = bool(config.largest_component)
+            self.picker.set_channels(model_channels(config))
 
     def reset_choices(self, *_):
-        """Keep the image picker in sync with the layer list (napari calls this on layer events)."""
-        self._image.reset_choices()
+        """Keep the image pickers in sync with the layer list (napari calls this on layer events)."""
+        self.picker.refresh()
 
     def load_checkpoint(self, path) -> Optional[str]:
         """Load a checkpoint into the shared model store and make it active; its name, or None."""
@@ -126,18 +119,23 @@ class SegmentWidget(QWidget):
     def _on_model_changed(self, _active):
         self.model_panel.refresh()
         self._follow_model_settings()
-        if self._last_run is None or self._last_run[0] not in self.viewer.layers:
+        if self._last_run is None or any(layer not in self.viewer.layers for layer in self._last_run[0]):
             return
         try:
-            model = models.MODEL_STORE.get()[0]
+            model, config = models.MODEL_STORE.get()
         except CVBMInputError:
             return
         if model is self._last_run[1]:
             return
         if self.busy:
             self._rerun_pending = True
-        else:
-            self.segment(self._last_run[0])
+            return
+        try:
+            self._read(self._last_run[0], config, stand_in=True)
+        except CVBMInputError as error:  # e.g. the new model takes other channels: nothing to refresh
+            self.status.message = f"'{self._last_run[0][0].name}' was not segmented again: {error}"
+            return
+        self.segment(self._last_run[0])
 
     # ------------------------------------------------------------------ segmenting
     @property
@@ -145,33 +143,45 @@ class SegmentWidget(QWidget):
         """True while a segmentation runs."""
         return self.status.running
 
+    @staticmethod
+    def _read(layers, config, stand_in: bool = False):
+        """The image in ``layers`` as the engine reads it, refused unless it fits the model of ``config``."""
+        image = image_input(layers, model_channels(config), stand_in)
+        check_channels(config.in_channels, config.channel_names or (), image.channel_names, f"'{layers[0].name}'")
+        return image
+
     def segment(self, image_layer=None):
-        """Segment ``image_layer`` (default: the picked image) in a worker; the worker, or None if refused."""
+        """Segment ``image_layer`` (a layer or the channel layers of one image; default: those picked) in
+        a worker; the worker, or None if refused."""
         if not self.runner.idle():
             return None
-        image_layer = image_layer or self._image.value
+        if image_layer is None:
+            layers = self.picker.layers()
+        else:
+            layers = [image_layer] if isinstance(image_layer, Layer) else list(image_layer)
         try:
-            problem = image_problem(image_layer)
-            if problem:
-                raise CVBMInputError(problem)
+            if layers[0] is None:
+                raise CVBMInputError(NO_IMAGE)
             model, config = models.MODEL_STORE.get()
+            image = self._read(layers, config)
         except CVBMInputError as error:
             self.runner.refuse(error)
             return None
-        name = models.MODEL_STORE.active
+        name, image_layer = models.MODEL_STORE.active, layers[0]
         worker = create_worker(
-            segmentation, Predictor(model, config), snapshot(image_layer), spacing=tuple(image_layer.scale),
-            mode=self._mode.value, heads="all",
+            segmentation, Predictor(model, config), image.array, spacing=image.spacing,
+            channels=image.channel_names, mode=self._mode.value, heads="all",
             device=self._device.value, largest_component=self._largest.value,
             progress=lambda fraction: self._progress_changed.emit(int(round(100 * fraction))),
             _start_thread=False, _ignore_errors=True)
-        run = (image_layer, model, name, time.perf_counter(), slices_apart(config, tuple(image_layer.scale)))
+        run = (layers, model, name, time.perf_counter(), slices_apart(config, image.spacing))
         return self.runner.start(worker, f"CVBM: segmenting {image_layer.name}", 100, detail="",
                                  message=f"Segmenting '{image_layer.name}' with {name}…",
                                  on_result=partial(self._on_result, run), on_finished=self._on_finished)
 
     def _on_result(self, run, result):
-        image_layer, model, model_name, started, apart = run
+        layers, model, model_name, started, apart = run
+        image_layer = layers[0]  # the results lie on it (the channel layers are aligned with it)
         if image_layer not in self.viewer.layers:
             self.status.message = f"'{image_layer.name}' was closed before its segmentation finished."
             return
@@ -179,7 +189,7 @@ class SegmentWidget(QWidget):
         self.set_compare(False)  # compare mode follows the newest result
         made = show_prediction(self.viewer, image_layer, result)
         self.ranking.show_ranking(image_layer, made[SEGMENTATION], rank_slices(result, apart=apart))
-        self._last_run = (image_layer, model)
+        self._last_run = (layers, model)
         self.set_compare(comparing)
         share = 100.0 * np.count_nonzero(result.labels) / result.labels.size
         self.status.update(state=JobState.DONE, message=(
@@ -210,7 +220,7 @@ class SegmentWidget(QWidget):
     def _enter_compare(self) -> bool:
         image = self._image.value
         sources = ([image.name] if image is not None else []) + \
-            ([self._last_run[0].name] if self._last_run is not None else [])
+            ([self._last_run[0][0].name] if self._last_run is not None else [])
         pair = confidence_pair(self.viewer, sources)
         if pair is None:
             show_warning("Nothing to compare yet: segment an image with a model that has a background "

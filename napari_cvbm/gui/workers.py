@@ -13,6 +13,7 @@ from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
 
+from ..core.channels import channel_count
 from ..core.classes import infer_num_classes
 from ..core.config import TrainConfig
 from ..core.data import Case, load_cases, make_case
@@ -100,12 +101,19 @@ def segmentation(predictor: Predictor, image: np.ndarray, **options):
     return predictor(image, **options)
 
 
+def input_channels(cases) -> dict:
+    """The TrainConfig channel settings of a new network for ``cases``: those of the first (the run
+    refuses any other case whose channels differ)."""
+    names = cases[0].channel_names
+    return {"in_channels": channel_count(names), "channel_names": names or None}
+
+
 # -- run builders (called in the worker thread) ---------------------------------------------------
 def run_from_arrays(labeled, unlabeled, config: TrainConfig, weights=None, validation=()) -> TrainingRun:
-    """A run on layer snapshots: labeled and validation cases as ``Case``s of the layers' own data
-    (e.g. a ``core.holdout.split_corrections`` of them), unlabeled (name, image, spacing). The cases
-    of one image share its normalised copy; with validation cases the run checks on them about
-    ``VALIDATIONS`` times."""
+    """A run on layer snapshots, ``Case``s of the layers' own data (``TrainingDataPanel.snapshot``):
+    labeled and validation cases (e.g. a ``core.holdout.split_corrections`` of them) and unlabeled
+    ones. The cases of one image share its normalised copy; with validation cases the run checks on
+    them about ``VALIDATIONS`` times."""
     if validation:
         total = config.pretrain_iterations + config.selftrain_iterations
         config = dataclasses.replace(config, validate_every=max(1, round(total / VALIDATIONS)))
@@ -113,24 +121,33 @@ def run_from_arrays(labeled, unlabeled, config: TrainConfig, weights=None, valid
 
     def prepared(case: Case) -> Case:
         key = (id(case.image), id(case.label))
-        if key in made:
-            return dataclasses.replace(made[key], name=case.name, annotated=case.annotated)
-        made[key] = make_case(case.name, case.image, case.label, annotated=case.annotated,
-                              spacing=case.spacing, num_classes=config.num_classes)
-        return made[key]
+        if key not in made:
+            made[key] = made_case(case, config.num_classes)
+            return made[key]
+        valid, annotated = made[key].valid, case.annotated  # as make_case bounds it by the field of view
+        if valid is not None:
+            annotated = valid if annotated is None else annotated & valid
+        return dataclasses.replace(made[key], name=case.name, annotated=annotated)
 
     labeled_cases, validation_cases = [prepared(c) for c in labeled], [prepared(c) for c in validation]
-    unlabeled_cases = [make_case(name, image, spacing=spacing) for name, image, spacing in unlabeled]
+    unlabeled_cases = [made_case(c) for c in unlabeled]
     return TrainingRun(config, labeled_cases, unlabeled_cases, validation_cases, initial_weights=weights)
+
+
+def made_case(case: Case, num_classes=None) -> Case:
+    """``make_case`` of a snapshot ``case``: validated and normalised."""
+    return make_case(case.name, case.image, case.label, annotated=case.annotated, spacing=case.spacing,
+                     num_classes=num_classes, channel_names=case.channel_names, valid=case.valid)
 
 
 def run_from_folders(folders: dict, config: TrainConfig, weights=None) -> TrainingRun:
     """A run on the files of ``folders`` (images, labels, unlabeled); a new network takes its class
-    count from the labels."""
+    count from the labels and its channels from the images."""
     new_network = weights is None
     labeled = load_cases(folders["images"], folders["labels"],
                          num_classes=None if new_network else config.num_classes)
     unlabeled = load_cases(folders["unlabeled"]) if folders["unlabeled"] else []
     if new_network:
-        config = dataclasses.replace(config, num_classes=infer_num_classes(c.label for c in labeled))
+        config = dataclasses.replace(config, num_classes=infer_num_classes(c.label for c in labeled),
+                                     **input_channels(labeled))
     return TrainingRun(config, labeled, unlabeled, initial_weights=weights)

@@ -1,6 +1,13 @@
 """The Fine-tune widget's training data: labeled (image, labels) layer pairs and unlabeled image
 layers, or folders on disk.
 
+An image is a grey or RGB layer or, when the model fine-tuned takes several channels, one layer per
+channel (``widgets.channel_picker``). Each pair and each unlabeled image may have a field of view: a
+labels or image layer of its shape, non-zero inside; pixels outside are neither supervised nor
+pseudo-labelled. A layer chosen as a field of view is no labeled pair nor unlabeled image. An
+unlabeled image is ticked when first listed unless it is paired or of another kind (RGB or not)
+than the paired images.
+
 Partly corrected volumes count only on the slices the user annotated or edited
 (``core.annotation``); the panel says which, takes the snapshot a run trains on (or the lighter one
 a plan reads) and emits ``changed`` whenever the data may have changed.
@@ -15,16 +22,18 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_warning
 from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
+    QAbstractItemView,
     QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QLineEdit,
-    QListWidget,
-    QListWidgetItem,
     QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -32,14 +41,29 @@ from qtpy.QtWidgets import (
 
 from ..._reader import GEOMETRY
 from ...core.annotation import annotated_mask, counted_slices, format_slices
+from ...core.data import Case
 from ...core.errors import CVBMInputError
 from ...core.geometry import check_same_place
 from ..jobs import Connections
-from ..snapshots import image_of, label_layers, layer_array, shape_only, snapshot, source_images
+from ..snapshots import (
+    ImageInput,
+    field_of_view,
+    image_input,
+    image_of,
+    label_layers,
+    layer_array,
+    snapshot,
+    source_images,
+    spatial_shape,
+)
+from .channel_picker import ChannelPicker, channel_layers, compact, layer_choices, refresh_choices
 
 SOURCE_LAYERS, SOURCE_FOLDERS = "Layers in the viewer", "Folders on disk"
 SUMMARY_DELAY_MS = 150  # recount annotated slices once painting pauses
 PAINT_EVENTS = ("data", "paint", "labels_update")
+WHOLE_IMAGE = "whole image"  # no field of view
+FOV_TIP = ("field of view (optional): a labels or image layer of the image's shape, non-zero inside; "
+           "pixels outside are neither trained on nor pseudo-labelled")
 
 
 def layer_counted_slices(labels: Labels, complete: bool) -> np.ndarray:
@@ -58,8 +82,8 @@ def describe_pair(image: Optional[Image], labels: Labels, complete: bool) -> str
     data = layer_array(labels)
     if image is None:
         return f"{labels.name}: choose its image"
-    if layer_array(image).shape != data.shape:
-        return f"{labels.name}: shape {data.shape} does not match image '{image.name}' {layer_array(image).shape}"
+    if spatial_shape(image) != data.shape:
+        return f"{labels.name}: shape {data.shape} does not match image '{image.name}' {spatial_shape(image)}"
     slices = layer_counted_slices(labels, complete)
     total = 1 if data.ndim < 3 else data.shape[0]
     if not len(slices):
@@ -69,40 +93,42 @@ def describe_pair(image: Optional[Image], labels: Labels, complete: bool) -> str
     return f"{labels.name}: slices {format_slices(slices)} count as labeled ({len(slices)} of {total})"
 
 
-def _layer_choices(layers):
-    """magicgui choices for a layer picker: (name, layer) of the layers ``layers()`` returns."""
-    return lambda _widget: [(layer.name, layer) for layer in layers()]
+def fov_picker(viewer) -> ComboBox:
+    """A picker of a field of view: a labels or image layer, or none."""
+    combo = ComboBox(nullable=True, tooltip=FOV_TIP)
+    combo.null_string = WHOLE_IMAGE  # before the first choices: listed first
+    combo.choices = layer_choices(lambda: label_layers(viewer) + source_images(viewer))
+    return compact(combo)
 
 
 class PairRow(QWidget):
-    """One labeled pair: an image layer picker, a labels layer picker and a remove button."""
+    """One labeled pair: its image (``ChannelPicker``), its labels layer, an optional field of view
+    and a remove button."""
 
-    def __init__(self, viewer, labels: Optional[Labels] = None, image: Optional[Image] = None):
+    def __init__(self, viewer, labels: Optional[Labels] = None, image: Optional[Image] = None,
+                 channels: Tuple[str, ...] = ()):
         super().__init__()
-        self.image = ComboBox(choices=_layer_choices(lambda: source_images(viewer)), nullable=True,
-                              tooltip="image layer")
-        self.labels = ComboBox(choices=_layer_choices(lambda: label_layers(viewer)), nullable=True,
+        self.picker = ChannelPicker(viewer, label="", nullable=True)
+        self.picker.set_channels(channels)
+        self.image = self.picker.image
+        self.labels = ComboBox(choices=layer_choices(lambda: label_layers(viewer)), nullable=True,
                                tooltip="its labels layer")
+        compact(self.labels)
+        self.fov = fov_picker(viewer)
         self.image.value, self.labels.value = image, labels
         self.remove = QToolButton(text="✕", toolTip="Remove this pair")
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        for combo in (self.image, self.labels):
-            combo.native.setMinimumContentsLength(8)
-            combo.native.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
-            layout.addWidget(combo.native, 1)
-        layout.addWidget(self.remove)
+        layout.addWidget(self.picker.native, 1)
+        for combo in (self.labels, self.fov):
+            layout.addWidget(combo.native, 1, Qt.AlignTop)
+        layout.addWidget(self.remove, 0, Qt.AlignTop)
 
     def reset_choices(self):
         """Offer the current layers; the chosen ones stay chosen (by identity, so renames are fine)."""
-        for combo in (self.image, self.labels):
-            chosen = combo.value
-            with combo.changed.blocked():
-                combo.reset_choices()  # drops a renamed layer's old entry, and with it the choice
-                if any(layer is chosen for layer in combo.choices if layer is not None):
-                    combo.value = chosen
-            if combo.value is not chosen:
-                combo.changed.emit(combo.value)
+        self.picker.refresh()
+        for combo in (self.labels, self.fov):
+            refresh_choices(combo)
 
     def layers(self) -> Tuple[Optional[Image], Optional[Labels]]:
         return self.image.value, self.labels.value
@@ -117,7 +143,11 @@ class TrainingDataPanel(QWidget):
         super().__init__(parent)
         self.viewer = viewer
         self.rows: List[PairRow] = []
+        self.channels: Tuple[str, ...] = ()  # of the model fine-tuned (() for one channel)
+        self._unlabeled_fov: List[ComboBox] = []  # each unlabeled image's field-of-view picker
         self._lifetime = lifetime
+        self._relist = QTimer(self, singleShot=True, interval=0)  # a field of view was chosen
+        self._relist.timeout.connect(self.reset_choices)
         self._summary_timer = QTimer(self, singleShot=True, interval=SUMMARY_DELAY_MS)
         self._summary_timer.timeout.connect(self.update_summary)
         layout = QVBoxLayout(self)
@@ -138,7 +168,7 @@ class TrainingDataPanel(QWidget):
         page = QWidget()
         layout = QVBoxLayout(page)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(QLabel("Labeled pairs (image ← labels):"))
+        layout.addWidget(QLabel("Labeled pairs (image ← labels, field of view):"))
         self.rows_box = QVBoxLayout()
         layout.addLayout(self.rows_box)
         add = QPushButton("Add pair")
@@ -151,9 +181,12 @@ class TrainingDataPanel(QWidget):
         self.summary = QLabel(wordWrap=True)
         self.summary.setTextInteractionFlags(Qt.TextSelectableByMouse)
         layout.addWidget(self.summary)
-        layout.addWidget(QLabel("Unlabeled images:"))
-        self.unlabeled = QListWidget()
-        self.unlabeled.setMaximumHeight(80)
+        self.unlabeled = QTableWidget(0, 2)
+        self.unlabeled.setHorizontalHeaderLabels(["Unlabeled images", "Field of view"])
+        self.unlabeled.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
+        self.unlabeled.verticalHeader().hide()
+        self.unlabeled.setSelectionMode(QAbstractItemView.NoSelection)
+        self.unlabeled.setMaximumHeight(140)
         self.unlabeled.itemChanged.connect(self.changed)
         layout.addWidget(self.unlabeled)
         return page
@@ -222,24 +255,68 @@ class TrainingDataPanel(QWidget):
         for row in self.rows:
             row.reset_choices()
         paired = {id(r.image.value) for r in self.rows}
-        checked = {id(item.data(Qt.UserRole)): item.checkState() for item in self._unlabeled_items()}
-        self.unlabeled.clear()
-        for image in source_images(self.viewer):
-            item = QListWidgetItem(image.name)
+        kinds = {r.image.value.rgb for r in self.rows if r.image.value is not None}  # RGB or not
+        kept = {id(item.data(Qt.UserRole)): (item.checkState(), combo.value) for item, combo in self._unlabeled_rows()}
+        fovs = self._fov_layers()
+        self.unlabeled.setRowCount(0)
+        self._unlabeled_fov = []
+        for image in self._unlabeled_choices():
+            if id(image) in fovs:
+                continue
+            ticked = id(image) not in paired and (not kinds or image.rgb in kinds)  # when first listed
+            checked, fov = kept.get(id(image), (Qt.Checked if ticked else Qt.Unchecked, None))
+            item = QTableWidgetItem(image.name)
             item.setData(Qt.UserRole, image)
-            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
-            item.setCheckState(checked.get(id(image), Qt.Unchecked if id(image) in paired else Qt.Checked))
-            self.unlabeled.addItem(item)
+            item.setFlags((item.flags() | Qt.ItemIsUserCheckable) & ~Qt.ItemIsEditable)
+            item.setCheckState(checked)
+            combo = fov_picker(self.viewer)
+            if any(layer is fov for layer in combo.choices if layer is not None):
+                combo.value = fov
+            combo.changed.connect(partial(self._fov_chosen, None))
+            row = self.unlabeled.rowCount()
+            self.unlabeled.insertRow(row)
+            self.unlabeled.setItem(row, 0, item)
+            self.unlabeled.setCellWidget(row, 1, combo.native)
+            self._unlabeled_fov.append(combo)
+        self._schedule_summary()
+
+    def set_channels(self, names: Tuple[str, ...]) -> None:
+        """Read images as a model of channels ``names`` takes them (() for one channel)."""
+        names = tuple(names)
+        if names != self.channels:
+            self.channels = names
+            for row in self.rows:
+                row.picker.set_channels(names)
+            self.reset_choices()
+
+    def _unlabeled_choices(self) -> List[Image]:
+        """The images that can be unlabeled data: for a model of several channels, those whose channel
+        layers are all found by name (``channel_picker.case_channels``) and RGB ones."""
+        images = source_images(self.viewer)
+        return [image for image in images
+                if all(layer is not None for layer in channel_layers(image, self.channels, images))]
+
+    def _fov_layers(self) -> set:
+        """The ids of the layers chosen as a field of view."""
+        pickers = [row.fov for row in self.rows] + self._unlabeled_fov
+        return {id(combo.value) for combo in pickers if combo.value is not None}
+
+    def _fov_chosen(self, row: Optional[PairRow], layer):
+        """A layer chosen as a field of view is no labeled pair nor unlabeled image."""
+        for other in [r for r in self.rows if layer is not None and r is not row and r.labels.value is layer]:
+            self._remove_pair(other)
+        self._relist.start()
         self._schedule_summary()
 
     def add_pair(self, labels: Optional[Labels] = None, image: Optional[Image] = None) -> PairRow:
         """Add a labeled-pair row; by default a labels layer is paired with its source image."""
         if labels is not None and image is None:
             image = image_of(self.viewer, labels)
-        row = PairRow(self.viewer, labels, image)
+        row = PairRow(self.viewer, labels, image, self.channels)
         row.remove.clicked.connect(partial(self._remove_pair, row))
-        for combo in (row.image, row.labels):
-            combo.changed.connect(self._schedule_summary)
+        for widget in (row.picker, row.labels):
+            widget.changed.connect(self._schedule_summary)
+        row.fov.changed.connect(partial(self._fov_chosen, row))
         self.rows.append(row)
         self.rows_box.addWidget(row)
         self._schedule_summary()
@@ -251,8 +328,12 @@ class TrainingDataPanel(QWidget):
         row.deleteLater()
         self._schedule_summary()
 
-    def _unlabeled_items(self) -> List[QListWidgetItem]:
-        return [self.unlabeled.item(i) for i in range(self.unlabeled.count())]
+    def _unlabeled_rows(self) -> List[Tuple[QTableWidgetItem, ComboBox]]:
+        """(image item, field-of-view picker) of each unlabeled image listed."""
+        return [(self.unlabeled.item(i, 0), self._unlabeled_fov[i]) for i in range(self.unlabeled.rowCount())]
+
+    def _unlabeled_items(self) -> List[QTableWidgetItem]:
+        return [item for item, _ in self._unlabeled_rows()]
 
     def checked_unlabeled(self) -> List[Image]:
         """The image layers ticked as unlabeled data."""
@@ -285,22 +366,33 @@ class TrainingDataPanel(QWidget):
             raise CVBMInputError("choose the folders of the labeled images and of their labels")
         return folders
 
-    def snapshot(self):
-        """Copies of the labeled pairs (name, image, labels, annotated mask, spacing) and of the
-        ticked unlabeled images (name, image, spacing); raises CVBMInputError when nothing counts."""
-        labeled, problems = self._labeled(snapshot)
+    def snapshot(self) -> Tuple[List[Case], List[Case]]:
+        """Copies of the labeled pairs and of the ticked unlabeled images, as ``Case``s of the layers'
+        own data (not normalised; labeled ones with their annotated mask); raises CVBMInputError when
+        nothing counts."""
+        labeled, problems = self._labeled(stand_in=False)
         for problem in problems:
             show_warning(f"{problem} — not used")
-        return labeled, [(image.name, snapshot(image), tuple(image.scale)) for image in self.checked_unlabeled()]
+        return labeled, self._unlabeled(stand_in=False)
 
-    def plan_snapshot(self):
+    def plan_snapshot(self) -> Tuple[List[Case], List[Case]]:
         """What a plan reads, as :meth:`snapshot` but with each image a stand-in of its shape (no
         copy; the planner reads no intensities) and without warnings."""
-        labeled, _ = self._labeled(shape_only)
-        return labeled, [(image.name, shape_only(image), tuple(image.scale)) for image in self.checked_unlabeled()]
+        return self._labeled(stand_in=True)[0], self._unlabeled(stand_in=True)
 
-    def _labeled(self, image_copy):
-        """The labeled pairs with ``image_copy(layer)`` as image, and the pairs where nothing counts."""
+    def _unlabeled(self, stand_in: bool) -> List[Case]:
+        cases = []
+        for item, fov in self._unlabeled_rows():
+            image = item.data(Qt.UserRole)
+            if item.checkState() == Qt.Checked:
+                read = image_input(channel_layers(image, self.channels, source_images(self.viewer)), self.channels,
+                                   stand_in)
+                cases.append(_case(image.name, read, field_of_view(fov.value, image)))
+        return cases
+
+    def _labeled(self, stand_in: bool):
+        """The labeled pairs as ``Case``s (images read by :func:`image_input` with ``stand_in``), and
+        the pairs where nothing counts."""
         complete = self.complete.isChecked()
         labeled, problems = [], []
         for row in self.rows:
@@ -310,9 +402,9 @@ class TrainingDataPanel(QWidget):
             if image is None:
                 raise CVBMInputError(f"choose the image that '{labels.name}' labels")
             label = snapshot(labels)
-            if layer_array(image).shape != label.shape:
+            if spatial_shape(image) != label.shape:
                 raise CVBMInputError(f"'{labels.name}' has shape {label.shape} but image '{image.name}' "
-                                     f"has shape {layer_array(image).shape}: they must match")
+                                     f"has shape {spatial_shape(image)}: they must match")
             check_same_place(image.metadata.get(GEOMETRY), labels.metadata.get(GEOMETRY),
                              f"'{labels.name}' vs image '{image.name}'")
             slices = layer_counted_slices(labels, complete)
@@ -321,8 +413,14 @@ class TrainingDataPanel(QWidget):
                 continue
             annotated = None if len(slices) == (1 if label.ndim < 3 else label.shape[0]) \
                 else annotated_mask(label.shape, slices)
-            labeled.append((labels.name, image_copy(image), label, annotated, tuple(image.scale)))
+            labeled.append(_case(labels.name, row.picker.read(stand_in), field_of_view(row.fov.value, image),
+                                 label, annotated))
         if not labeled:
             raise CVBMInputError("no labeled data: " + ("; ".join(problems) if problems else
                                  "add a labeled pair (an image and a labels layer with some slices painted)"))
         return labeled, problems
+
+
+def _case(name: str, image: ImageInput, valid, label=None, annotated=None) -> Case:
+    """A ``Case`` of the image as read, not normalised (``make_case`` does that in the worker)."""
+    return Case(name, image.array, label, annotated, image.spacing, valid, image.channel_names)

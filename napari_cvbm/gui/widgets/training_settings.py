@@ -177,10 +177,7 @@ class TrainingSettingsPanel(QWidget):
 
     @staticmethod
     def active_config() -> Optional[TrainConfig]:
-        try:
-            return models.MODEL_STORE.get()[1]
-        except CVBMInputError:
-            return None
+        return models.active_config()
 
     def dim(self) -> int:
         if self.from_active:
