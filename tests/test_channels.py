@@ -173,37 +173,44 @@ def test_scoring_ignores_what_lies_outside_the_field_of_view():
     assert case_metrics(noisy, vessels, 2)[1]["dice"] < 0.5
 
 
-def test_photographs_with_masks_through_the_cli(tmp_path):
+def test_photographs_with_masks_through_the_cli(tmp_path, capsys):
     """Train on JPEG photographs with 0/255 PNG labels and field-of-view masks, predict PNG labels on
     each photo's grid, and score them inside the field of view only."""
     from PIL import Image
-    from test_cli import assert_one_error_line, cvbm
 
+    from napari_cvbm import cli
     from napari_cvbm.core.io import read_image, read_labels
 
     for i in range(3):
         image, vessels, disc = _fundus(i, shape=(64, 96))
         rgb = np.clip(np.moveaxis(image, 0, -1) * 255, 0, 255).astype(np.uint8)
-        Image.fromarray(rgb).save(tmp_path / f"p{i}.jpg", quality=95)
-        for folder, mask in (("labels", vessels), ("fov", disc)):
+        for folder, array in (("images" if i < 2 else "unlabeled", rgb), ("labels", vessels), ("fov", disc)):
             (tmp_path / folder).mkdir(exist_ok=True)
-            Image.fromarray((mask * 255).astype(np.uint8)).save(tmp_path / folder / f"p{i}.png")
-        (tmp_path / ("images" if i < 2 else "unlabeled")).mkdir(exist_ok=True)
-        (tmp_path / f"p{i}.jpg").rename(tmp_path / ("images" if i < 2 else "unlabeled") / f"p{i}.jpg")
-    trained = cvbm("train", "--images", tmp_path / "images", "--labels", tmp_path / "labels", "--mask",
-                   tmp_path / "fov", "--unlabeled", tmp_path / "unlabeled", "--out", tmp_path / "run",
-                   "--set", "pretrain_iterations=3", "--set", "selftrain_iterations=2", "--set", "width=4",
-                   "--set", "batch_labeled=2", "--set", "batch_unlabeled=2", "--dim", "2")
-    assert trained.returncode == 0, trained.stderr
-    assert "plan: 3 channels (red, green, blue)," in trained.stdout
-    assert "read as class 1" in trained.stderr  # the 0/255 masks, with one note
-    predicted = cvbm("predict", tmp_path / "run" / "model.pt", tmp_path / "unlabeled", "--out", tmp_path / "pred",
-                     "--probabilities")
-    assert predicted.returncode == 0, predicted.stderr
+            saved = array if array.ndim == 3 else (array * 255).astype(np.uint8)
+            Image.fromarray(saved).save(tmp_path / folder / f"p{i}.{'jpg' if array.ndim == 3 else 'png'}")
+
+    def cvbm(*args):
+        code = cli.main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, err = cvbm("train", "--images", tmp_path / "images", "--labels", tmp_path / "labels", "--mask",
+                          tmp_path / "fov", "--unlabeled", tmp_path / "unlabeled", "--out", tmp_path / "run",
+                          "--set", "pretrain_iterations=3", "--set", "selftrain_iterations=2", "--set", "width=4",
+                          "--set", "batch_labeled=2", "--set", "batch_unlabeled=2", "--dim", "2")
+    assert code == 0, err
+    assert "plan: 3 channels (red, green, blue)," in out
+    assert "read as class 1" in err  # the 0/255 masks, with one note
+    code, _, err = cvbm("predict", tmp_path / "run" / "model.pt", tmp_path / "unlabeled", "--out", tmp_path / "pred",
+                        "--probabilities")
+    assert code == 0, err
     labels = read_labels(tmp_path / "pred" / "p2.png")
     assert labels.array.shape == read_image(tmp_path / "unlabeled" / "p2.jpg").array.shape[1:] == (64, 96)
     assert (tmp_path / "pred" / "maps" / "p2_confidence_fg.tif").is_file()
-    scored = cvbm("evaluate", tmp_path / "pred", tmp_path / "labels", "--mask", tmp_path / "fov", "--only-predicted")
-    assert scored.returncode == 0 and "1 of 3 labelled cases" in scored.stdout, scored.stderr
-    grey = cvbm("predict", tmp_path / "run" / "model.pt", tmp_path / "fov" / "p2.png", "--out", tmp_path / "grey")
-    assert_one_error_line(grey, "the model expects 3 channels (red, green, blue); the image has 1 channel")
+    code, out, err = cvbm("evaluate", tmp_path / "pred", tmp_path / "labels", "--mask", tmp_path / "fov",
+                          "--only-predicted")
+    assert code == 0 and "1 of 3 labelled cases" in out, err
+    code, _, err = cvbm("predict", tmp_path / "run" / "model.pt", tmp_path / "fov" / "p2.png", "--out",
+                        tmp_path / "grey")
+    assert code == 2 and err.strip() == ("cvbm: error: the model expects 3 channels (red, green, blue); the image "
+                                         "has 1 channel")

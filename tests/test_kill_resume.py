@@ -27,7 +27,7 @@ def test_repeated_sigkill_and_resume(tmp_path):
     out = tmp_path / "run"
     rng = np.random.default_rng(0)
     kills, lost, progress = 0, 0, []
-    for _ in range(5):
+    for _ in range(4):
         last = out / "last.pt"
         written_before = last.stat().st_mtime_ns if last.exists() else 0
         proc = _start(data, out, resume=last.exists())
