@@ -53,7 +53,9 @@ SELFTRAIN_COST = 1.8  # a self-training step in pre-training steps (measured on 
 VALIDATIONS = 8  # validation (model selection) runs in pre-training; self-training runs twice as many
 VALIDATION_SHARE = 0.2  # validation takes at most this share of a budget
 EXTRA_VALIDATIONS = 2  # the starting weights, and the post-processing decision at the end
-INFERENCE_COST = 0.6  # a pixel predicted (fg head, windows blended) in pixels trained (measured on HRF photographs)
+# a pixel predicted (fg head, blended windows) in pixels trained; on HRF photographs 0.6 with the cores
+# shared, 0.2 alone: an upper bound
+INFERENCE_COST = 0.6
 PATCH_OVERLAP_2D = 0.25
 DEFAULT_BUDGET_S = 10 * 60.0  # a CPU run without a budget: about ten minutes
 
