@@ -240,24 +240,9 @@ def _evaluation_pairs(args) -> list:
     return pairs
 
 
-def _field_of_view(folder, truths: dict) -> dict:
-    """label path -> its field-of-view mask from ``folder`` (by case name), checked against the label's grid."""
-    from .core.io import check_aligned, list_images, read_labels, strip_extension
-
-    files = {strip_extension(path): path for path in list_images(folder)}
-    views = {}
-    for label, truth in truths.items():
-        path = files.get(strip_extension(label))
-        if path is not None:
-            view = read_labels(path)
-            check_aligned(truth, view, label, path)
-            views[label] = view.array > 0
-    return views
-
-
 def cmd_evaluate(args) -> int:
     from .core.classes import infer_num_classes, interpret_labels
-    from .core.io import check_aligned, read_labels, strip_extension
+    from .core.io import check_aligned, list_images, read_labels, read_mask, strip_extension
     from .core.metrics import evaluate_cases, format_table, summarize, write_csv
     from .core.outputs import refuse_existing
 
@@ -273,9 +258,9 @@ def cmd_evaluate(args) -> int:
     labels = interpret_labels({path: truth.array for path, truth in truths.items()}, args.num_classes)
     preds = interpret_labels(preds, args.num_classes, what="prediction file")
     num_classes = infer_num_classes([*preds.values(), *labels.values()], args.num_classes)
-    views = _field_of_view(args.mask, truths) if args.mask else {}
+    views = {strip_extension(path): path for path in list_images(args.mask)} if args.mask else {}
     loaded = [(strip_extension(pred), preds[pred], labels[label], truths[label].spacing if args.mm else None,
-               views.get(label)) for pred, label in pairs]
+               read_mask(views.get(strip_extension(label)), truths[label], label)) for pred, label in pairs]
     rows = evaluate_cases(loaded, num_classes)
     summary = summarize(rows)
     print(format_table(summary, distance_unit="mm" if args.mm else "vox"))

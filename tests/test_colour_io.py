@@ -14,6 +14,7 @@ from PIL import Image
 from napari_cvbm._reader import napari_get_reader
 from napari_cvbm._writer import write_image as napari_write_image
 from napari_cvbm._writer import write_labels as napari_write_labels
+from napari_cvbm.core.channels import RGB
 from napari_cvbm.core.errors import CVBMInputError
 from napari_cvbm.core.io import (
     IMAGE_EXTENSIONS,
@@ -26,7 +27,6 @@ from napari_cvbm.core.io import (
     write_image,
 )
 
-RGB = ("red", "green", "blue")
 RNG = np.random.default_rng(7)
 PHOTO = RNG.integers(0, 256, (12, 17, 3), dtype=np.uint8)  # (y, x, colour), sizes distinct
 FLAT = np.zeros((16, 24, 3), np.uint8) + np.array([200, 100, 30], np.uint8)  # survives JPEG nearly exactly

@@ -243,6 +243,7 @@ def load_cases(images, labels_dir=None, num_classes=None, annotated_dir=None, ch
         pair_images_labels,
         read_image,
         read_labels,
+        read_mask,
         strip_extension,
     )
 
@@ -274,11 +275,7 @@ def load_cases(images, labels_dir=None, num_classes=None, annotated_dir=None, ch
             check_aligned(image, labels[label_path], image_path, label_path)
             label = labels[label_path].array
         annotated = read_labels(masks[name]).array > 0 if name in masks else None
-        valid = None
-        if name in views:
-            view = read_labels(views[name])
-            check_aligned(image, view, image_path, views[name])
-            valid = view.array > 0
+        valid = read_mask(views.get(name), image, image_path)
         cases.append(make_case(name, image.array, label, annotated=annotated, spacing=image.spacing,
                                num_classes=num_classes, channel_names=image.channel_names, valid=valid))
     return cases

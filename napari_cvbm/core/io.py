@@ -35,7 +35,7 @@ from .geometry import Geometry, canonical_unit, check_aligned, mm_per_unit
 from .outputs import atomic_write
 
 __all__ = ["IMAGE_EXTENSIONS", "Geometry", "ImageData", "check_aligned", "list_images",
-           "pair_images_labels", "read_image", "read_labels", "strip_extension", "write_image"]
+           "pair_images_labels", "read_image", "read_labels", "read_mask", "strip_extension", "write_image"]
 
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".tif", ".tiff", ".png", ".jpg", ".jpeg")
 _NIFTI = (".nii.gz", ".nii")
@@ -407,6 +407,16 @@ def read_labels(path: str | os.PathLike) -> ImageData:
     dtype = np.uint8 if array.max() <= 255 else np.int64
     labels.array = np.ascontiguousarray(array, dtype=dtype)
     return labels
+
+
+def read_mask(path: str | os.PathLike | None, image: ImageData, image_path) -> np.ndarray | None:
+    """The mask in ``path`` (non-zero = inside, e.g. a field of view) as booleans on the grid of
+    ``image``, read from ``image_path`` (CVBMInputError when it lies elsewhere); None without a path."""
+    if path is None:
+        return None
+    mask = read_labels(path)
+    check_aligned(image, mask, image_path, path)
+    return mask.array > 0
 
 
 # ----------------------------------------------------------------------------------- writing
