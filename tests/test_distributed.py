@@ -27,7 +27,7 @@ def test_torchrun_two_cpu_ranks(tmp_path, norm):
            "--labels", data / "labeled" / "labels", "--unlabeled", data / "unlabeled" / "images",
            "--val-images", data / "test" / "images", "--val-labels", data / "test" / "labels",
            "--out", out, "--device", "cpu", "--set", "width=4", "--set", "patch_size=32,32,32",
-           "--set", "pretrain_iterations=4", "--set", "selftrain_iterations=4", "--set", "validate_every=2",
+           "--set", "pretrain_iterations=2", "--set", "selftrain_iterations=2", "--set", "validate_every=2",
            "--set", f"norm={norm}"]
     result = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]

@@ -11,8 +11,8 @@ from test_cli import make_folder
 
 from napari_cvbm.core.checkpoint import load_checkpoint, load_model
 
-SETTINGS = ["--set", "width=4", "--set", "patch_size=32,32,32", "--set", "pretrain_iterations=40",
-            "--set", "selftrain_iterations=40", "--set", "checkpoint_every=1"]
+SETTINGS = ["--set", "width=4", "--set", "patch_size=32,32,32", "--set", "pretrain_iterations=10",
+            "--set", "selftrain_iterations=10", "--set", "checkpoint_every=1"]
 
 
 def _start(data, out, resume):

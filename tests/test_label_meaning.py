@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 from conftest import blob_volume
-from test_cli import TINY, assert_one_error_line, cvbm
+from test_cli import TINY, assert_one_error_line, cvbm_here
 
 from napari_cvbm.core.checkpoint import load_model
 from napari_cvbm.core.classes import infer_num_classes, interpret_labels
@@ -87,49 +87,49 @@ def test_an_image_is_not_a_label_map():
         assert interpret_labels({"x.tif": image}, num_classes=600)["x.tif"] is image
 
 
-def test_cli_trains_binary_masks_as_one_class(tmp_path):
+def test_cli_trains_binary_masks_as_one_class(tmp_path, capsys):
     """`cvbm train` on 0/255 masks: a 2-class model and one note (the validation set says the same)."""
     data = write_set(tmp_path / "data", {"c0": blob(0, 255), "c1": blob(1, 255)})
     out = tmp_path / "run"
-    result = cvbm("train", "--images", data / "images", "--labels", data / "labels", "--val-images",
-                  data / "images", "--val-labels", data / "labels", "--out", out, *TINY)
+    result = cvbm_here(capsys, "train", "--images", data / "images", "--labels", data / "labels", "--val-images",
+                       data / "images", "--val-labels", data / "labels", "--out", out, *TINY)
     assert result.returncode == 0, result.stderr
     notes = [line for line in result.stderr.splitlines() if line.startswith("cvbm: note: ")]
     assert notes == ["cvbm: note: foreground stored as 255 (binary masks) in 2 label files: read as class 1"]
     assert load_model(out / "model.pt")[1].num_classes == 2
 
 
-def test_cli_refuses_an_image_folder_as_labels(tmp_path):
+def test_cli_refuses_an_image_folder_as_labels(tmp_path, capsys):
     data = write_set(tmp_path, {"c0": np.arange(32 * 40 * 40, dtype=np.uint16).reshape(32, 40, 40) % 600})
-    assert_one_error_line(cvbm("train", "--images", data / "images", "--labels", data / "labels",
-                               "--out", tmp_path / "o"), "c0.nii.gz holds 600 distinct values")
+    assert_one_error_line(cvbm_here(capsys, "train", "--images", data / "images", "--labels", data / "labels",
+                                    "--out", tmp_path / "o"), "c0.nii.gz holds 600 distinct values")
 
 
-def test_evaluate_names_missing_predictions(tmp_path):
+def test_evaluate_names_missing_predictions(tmp_path, capsys):
     labels = {f"c{i}": blob(i) for i in range(3)}
     write_set(tmp_path, labels)
     for name in ("c0", "c1"):
         write_image(tmp_path / "preds" / f"{name}.nii.gz", labels[name])
-    result = cvbm("evaluate", tmp_path / "preds", tmp_path / "labels")
+    result = cvbm_here(capsys, "evaluate", tmp_path / "preds", tmp_path / "labels")
     assert_one_error_line(result, "1 of 3 labelled cases", "'c2'", "--only-predicted")
 
-    result = cvbm("evaluate", tmp_path / "preds", tmp_path / "labels", "--only-predicted")
+    result = cvbm_here(capsys, "evaluate", tmp_path / "preds", tmp_path / "labels", "--only-predicted")
     assert result.returncode == 0, result.stderr
     assert "2 of 3 labelled cases (no prediction for 'c2')" in result.stdout
     assert "100.00" in result.stdout
 
 
-def test_evaluate_names_predictions_without_label(tmp_path):
+def test_evaluate_names_predictions_without_label(tmp_path, capsys):
     write_set(tmp_path, {"c0": blob(0)})
     write_set(tmp_path, {"c0": blob(0), "c9": blob(1)}, folder="preds")
-    assert_one_error_line(cvbm("evaluate", tmp_path / "preds", tmp_path / "labels"), "'c9'")
+    assert_one_error_line(cvbm_here(capsys, "evaluate", tmp_path / "preds", tmp_path / "labels"), "'c9'")
 
 
-def test_evaluate_reads_binary_masks_like_training(tmp_path):
+def test_evaluate_reads_binary_masks_like_training(tmp_path, capsys):
     """0/255 labels against a 0/1 prediction: one class, a perfect score, and a note."""
     write_set(tmp_path, {"c0": blob(0, 255), "c1": blob(1)})
     write_set(tmp_path, {"c0": blob(0), "c1": blob(1, 65535, np.uint16)}, folder="preds")
-    result = cvbm("evaluate", tmp_path / "preds", tmp_path / "labels")
+    result = cvbm_here(capsys, "evaluate", tmp_path / "preds", tmp_path / "labels")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0] == "2 case(s)" and "Mean" in result.stdout
     assert result.stdout.count("100.00") == 4  # class 1 and the mean: Dice and Jaccard
@@ -138,18 +138,19 @@ def test_evaluate_reads_binary_masks_like_training(tmp_path):
         "cvbm: note: foreground stored as 65535 (binary masks) in 1 prediction file: read as class 1"]
 
 
-def test_evaluate_refuses_a_prediction_off_its_label_grid_and_keeps_an_existing_csv(tmp_path):
+def test_evaluate_refuses_a_prediction_off_its_label_grid_and_keeps_an_existing_csv(tmp_path, capsys):
     write_set(tmp_path, {"c0": blob(0)})
     shifted = np.eye(4)
     shifted[0, 3] = 12.5
     write_image(tmp_path / "preds" / "c0.nii.gz", blob(0), affine=shifted)
-    assert_one_error_line(cvbm("evaluate", tmp_path / "preds", tmp_path / "labels"), "origin differs by 12.5 mm")
+    assert_one_error_line(cvbm_here(capsys, "evaluate", tmp_path / "preds", tmp_path / "labels"),
+                          "origin differs by 12.5 mm")
     write_image(tmp_path / "preds" / "c0.nii.gz", blob(0))
     (tmp_path / "metrics.csv").write_text("the user's notes\n")
-    result = cvbm("evaluate", tmp_path / "preds", tmp_path / "labels", "--csv", tmp_path / "metrics.csv")
+    result = cvbm_here(capsys, "evaluate", tmp_path / "preds", tmp_path / "labels", "--csv", tmp_path / "metrics.csv")
     assert_one_error_line(result, "metrics.csv already exists", "--overwrite")
     assert (tmp_path / "metrics.csv").read_text() == "the user's notes\n"
-    result = cvbm("evaluate", tmp_path / "preds", tmp_path / "labels", "--csv", tmp_path / "metrics.csv",
-                  "--overwrite")
+    result = cvbm_here(capsys, "evaluate", tmp_path / "preds", tmp_path / "labels", "--csv", tmp_path / "metrics.csv",
+                       "--overwrite")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "metrics.csv").read_text().splitlines()[0] == "case,class,dice,jaccard,hd95,asd"
