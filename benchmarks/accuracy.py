@@ -6,7 +6,9 @@ Folder layout: images/<case>.<ext>, labels/<case>.<ext> (any format core.io read
 PNG, JPEG images), optionally fov/<case>.<ext> field-of-view masks, and splits.json with "train"
 and "labeled_<N>" lists (plus "val" and/or "test" when present). Protocol:
 - labeled = splits["labeled_<N>"] (else the first N patients of "labeled_patient_order", else the
-  first N "train" cases); unlabeled = every other "train" case;
+  first N "train" cases); unlabeled = every other "train" case; ``--labeled all`` (the bundled
+  models): every "train" case outside the hold-out and selection sets, labeled, also serving as
+  the unlabeled images of self-training;
 - model selection on "val" when the folder has it (ACDC), else on a declared selection set: when
   every case is named <number>_<category> (HRF: 01_dr, 01_g, 01_h...), the last 2 cases of each
   category are the hold-out and the one before them the selection set; otherwise the 4 "train"
@@ -47,7 +49,7 @@ HOLDOUT_PER_CATEGORY, SELECTION_PER_CATEGORY = 2, 1  # when cases are named <num
 CATEGORY = re.compile(r"\d+_([A-Za-z]+)")
 
 
-def labeled_cases(splits: dict, budget: int) -> list:
+def labeled_cases(splits: dict, budget) -> list:
     """splits["labeled_<budget>"]; without it, the volumes of the first ``budget`` patients of
     "labeled_patient_order" (ACDC), else the first ``budget`` "train" cases (LA), as the protocol defines them."""
     if f"labeled_{budget}" in splits:
@@ -58,19 +60,19 @@ def labeled_cases(splits: dict, budget: int) -> list:
     return splits["train"][:budget]
 
 
-def splits_of(folder: Path, labeled: int, eval_split: str = "holdout") -> dict:
+def splits_of(folder: Path, labeled, eval_split: str = "holdout") -> dict:
+    """The protocol's sets (module docstring) for ``labeled`` (a budget, or "all")."""
     splits = json.loads((folder / "splits.json").read_text())
     train = splits["train"]
-    chosen = labeled_cases(splits, labeled)
-    out = {"labeled": chosen}
+    out = {}
     if "val" in splits:
-        out["selection"] = splits["val"]
-        out["unlabeled"] = [c for c in train if c not in chosen]
+        out["selection"], pool = splits["val"], list(train)
     else:
         out["holdout"], out["selection"] = held_out(train)
         pool = [c for c in train if c not in out["holdout"] + out["selection"]]
         pool += out["holdout"] if eval_split != "holdout" else []
-        out["unlabeled"] = [c for c in pool if c not in chosen]
+    out["labeled"] = pool if labeled == "all" else labeled_cases(splits, labeled)
+    out["unlabeled"] = [c for c in pool if c not in out["labeled"]]
     for name in ("val", "test"):
         if name in splits:
             out[name] = splits[name]
@@ -113,7 +115,8 @@ def evaluate(model, eval_cases, config, views):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path)
-    parser.add_argument("--labeled", type=int, required=True, help="labeled budget: ACDC 3 or 7, LA 4 or 8")
+    parser.add_argument("--labeled", type=lambda v: v if v == "all" else int(v), required=True,
+                        help="labeled budget: ACDC 3 or 7, LA 4 or 8, HRF 1 or 3; 'all': every training case")
     parser.add_argument("--arm", choices=("supervised", "fg_ssl", "cvbm"), default="cvbm")
     parser.add_argument("--scale", choices=("cpu", "paper"), default="cpu")
     parser.add_argument("--dim", type=int, choices=(2, 3),
@@ -138,7 +141,8 @@ def main(argv=None) -> int:
         overrides["selftrain_iterations"] = 0
     if args.arm == "fg_ssl":
         overrides["background_branch"] = False
-    unlabeled = [] if args.arm == "supervised" else cases(args.data, split["unlabeled"], with_labels=False)
+    unlabeled = cases(args.data, split["unlabeled"], with_labels=False) \
+        if args.arm != "supervised" and split["unlabeled"] else []
     selection = cases(args.data, split["selection"], num_classes=num_classes)
     eval_cases = cases(args.data, split[args.eval_split], num_classes=num_classes)
     overrides = {"dim": dim, "num_classes": num_classes, **overrides}

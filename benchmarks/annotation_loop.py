@@ -23,15 +23,19 @@ Strategies:
 * ``random``: random slices inside that range.
 
 From scratch (``--start scratch``) there is no model to guide the first round, so every strategy
-shares one first round of evenly spread slices; from the bundled model (``--start starter``, 3D
-data only) the strategies differ from the first round. Unlabeled pool: every other "train" case
+shares one first round of evenly spread slices; from a model (``--start`` a bundled model's name such
+as ``acdc-cardiac``, ``starter`` for the synthetic starter model, or a checkpoint) the strategies
+differ from the first round. ``--correct-from val`` (ACDC) has the annotator correct the first
+``--volumes`` "val" cases, patients no bundled model was trained on, and scores on the other "val"
+cases. Unlabeled pool: every other "train" case
 outside the evaluation set (LA: the last 16 "train" cases, the hold-out of ``accuracy.py``, and
 its 4 selection cases are left out; ACDC: scored on "val"). After each round the fg head is scored
 on whole evaluation volumes, each on its own grid. Writes ``rounds.csv`` (one row per strategy and
 round: slices corrected, cumulative training minutes, the steps its plan gave, Dice, whether the
-round's model was kept), ``rounds.png`` (Dice against slices and against minutes) and
-``summary.json`` to ``--out``. Each fine-tune plans from its own measured step, as each click in the
-widget does, so strategies of one round may get somewhat different step counts.
+round's model was kept; from a model, round 0 is that model before any correction), ``rounds.png``
+(Dice against slices and against minutes) and ``summary.json`` to ``--out``. Each fine-tune plans
+from its own measured step, as each click in the widget does, so strategies of one round may get
+somewhat different step counts.
 """
 
 import argparse
@@ -45,12 +49,11 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from napari_cvbm.console import train_with_progress
-from napari_cvbm.core.checkpoint import load_model
 from napari_cvbm.core.classes import infer_num_classes
 from napari_cvbm.core.config import parse_setting
 from napari_cvbm.core.data import Case
 from napari_cvbm.core.device import choose_device
-from napari_cvbm.core.guidance import rank_slices, slices_apart
+from napari_cvbm.core.guidance import suggestions
 from napari_cvbm.core.holdout import got_worse, split_corrections
 from napari_cvbm.core.planning import fine_tune_overrides, plan
 from napari_cvbm.core.predictor import Predictor
@@ -91,8 +94,7 @@ def pick_random(label: np.ndarray, corrected: Sequence[int], count: int, rng: np
 def pick_guided(predictor: Predictor, case: Case, corrected: Sequence[int], count: int) -> List[int]:
     """The first ``count`` rows of the Segment widget's "Slices to correct next" list."""
     prediction = predictor(case.image, spacing=case.spacing, heads="all", amp=predictor.config.amp)
-    apart = slices_apart(predictor.config, case.spacing)
-    return [z for z, _ in rank_slices(prediction, exclude=corrected, limit=count, apart=apart)]
+    return [z for z, _ in suggestions(prediction, predictor.config, case.spacing, exclude=corrected, limit=count)]
 
 
 def shares(total: int, parts: int) -> List[int]:
@@ -195,7 +197,10 @@ def main(argv=None) -> int:
     parser.add_argument("--per-round", type=int, default=8, help="slices corrected per round, over all volumes")
     parser.add_argument("--budget", type=float, default=15.0, metavar="MINUTES", help="training time of all rounds")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
-    parser.add_argument("--start", choices=("scratch", "starter"), default="scratch")
+    parser.add_argument("--start", default="scratch",
+                        help="scratch, starter, a bundled model's name (e.g. acdc-cardiac) or a checkpoint")
+    parser.add_argument("--correct-from", choices=("train", "val"), default="train",
+                        help="the split whose first --volumes cases the annotator corrects (val: scored on the rest)")
     parser.add_argument("--dim", type=int, choices=(2, 3), help="default: 2 when the folder has 'val' (ACDC), else 3")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--device", default="auto")
@@ -208,17 +213,21 @@ def main(argv=None) -> int:
     splits = json.loads((args.data / "splits.json").read_text())
     train = splits["train"]
     dim = args.dim or (2 if "val" in splits else 3)
-    names = labeled_cases(splits, args.labeled) if args.labeled else train[:args.volumes]
+    if args.correct_from == "val" and "val" not in splits:
+        parser.error(f"{args.data} has no 'val' split")
+    names = labeled_cases(splits, args.labeled) if args.labeled else splits[args.correct_from][:args.volumes]
     volumes = cases(args.data, names)
     num_classes = infer_num_classes(c.label for c in volumes)
-    evaluated = splits["val"] if "val" in splits else train[-HOLDOUT:]
+    evaluated = [n for n in splits["val"] if n not in names] if "val" in splits else train[-HOLDOUT:]
     pool = train if "val" in splits else train[:-HOLDOUT - SELECTION]
     unlabeled = cases(args.data, [n for n in pool if n not in names], with_labels=False)
     eval_cases = cases(args.data, evaluated, num_classes=num_classes)
     overrides = {"dim": dim, "num_classes": num_classes, **dict(parse_setting(s) for s in args.set)}
     start_model = start_config = None
-    if args.start == "starter":
-        start_model, start_config = load_model(STARTER)
+    if args.start != "scratch":
+        from napari_cvbm.core.model_source import open_model
+
+        start_model, start_config = open_model(STARTER if args.start == "starter" else args.start)
         if start_config.dim != dim or start_config.num_classes != num_classes:
             parser.error(f"the bundled model is a {start_config.dim}D network of {start_config.num_classes} "
                          f"classes; this data trains {dim}D with {num_classes}")
@@ -240,8 +249,14 @@ def main(argv=None) -> int:
             record(annotator, 1, picked, result, eval_cases)
             models[annotator.strategy] = result[:2]
         first = 2
-    else:
+    else:  # round 0: the model as it starts, before any correction
         models = {a.strategy: (start_model, start_config) for a in annotators}
+        dice = round(100 * holdout_dice(start_model, start_config, eval_cases), 2)
+        print(f"round 0 ({args.start} as it is): hold-out Dice {dice:.2f}", flush=True)
+        for annotator in annotators:
+            annotator.rows.append({"strategy": annotator.strategy, "round": 0, "slices": 0, "minutes": 0.0,
+                                   "steps": "", "dice": dice, "kept": True, "held_out_before": "",
+                                   "held_out_after": "", "picked": ""})
     for round_ in range(first, args.rounds + 1):
         for annotator in annotators:
             model, config = models[annotator.strategy]

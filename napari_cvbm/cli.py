@@ -1,4 +1,4 @@
-"""`cvbm` command line: train, predict, evaluate and the headless demo.
+"""`cvbm` command line: train, predict, evaluate, export (bioimage.io) and the headless demo.
 
 Every bad input ends with one ``cvbm: error: ...`` line and exit code 2, never a traceback.
 """
@@ -84,6 +84,26 @@ def _claim_out(args):
     return run_folder(args.out, resume=args.resume, overwrite=args.overwrite)
 
 
+def _initial_model(args, given: dict):
+    """--init: (the model's weights, the settings fine-tuning it keeps: ``core.planning.fine_tune_overrides``,
+    with --preset all of its input); (None, {}) without it. A given setting that differs is refused."""
+    if not args.init:
+        return None, {}
+    if args.resume:
+        raise CVBMInputError("--init starts a new run from a model and --resume continues a run; give one of them")
+    from .core.model_source import open_model
+    from .core.planning import fine_tune_overrides
+
+    model, config = open_model(args.init)
+    keeps = fine_tune_overrides(config)
+    if args.preset:
+        keeps.update(config.model_input())
+    clash = [f"{k} {given[k]!r} (the model's: {keeps[k]!r})" for k in given if k in keeps and given[k] != keeps[k]]
+    if clash:
+        raise CVBMInputError(f"--init {args.init} fixes {'; '.join(clash)}: leave them out to fine-tune it")
+    return model.state_dict(), keeps
+
+
 def _train(args) -> int:
     from dataclasses import replace
 
@@ -98,6 +118,12 @@ def _train(args) -> int:
     say = print if main_process else (lambda *a, **k: None)
 
     given = _given_settings(args)
+    weights, keeps = _initial_model(args, given)
+    given = {**given, **keeps}
+    if isinstance(given.get("class_names"), tuple):  # --set class_names=background,...: that many classes
+        given.setdefault("num_classes", len(given["class_names"]))
+    if args.init:
+        say(f"fine-tuning {args.init}; it keeps {', '.join(keeps)}")
     if args.budget is not None and not args.budget > 0:
         raise CVBMInputError(f"--budget must be a positive number of minutes, not {args.budget:g}")
     if not args.resume:  # the whole configuration is checked before any data is read
@@ -127,7 +153,8 @@ def _train(args) -> int:
                            overrides={**given, "num_classes": num_classes}, validation=validation)
             config = planned.config
             say(f"plan: {planned.describe()}")
-        run = TrainingRun(config, labeled, unlabeled, validation, out_dir=args.out, device=args.device)
+        run = TrainingRun(config, labeled, unlabeled, validation, out_dir=args.out, device=args.device,
+                          initial_weights=weights)
     say(f"{len(labeled)} labeled, {len(unlabeled)} unlabeled, {len(validation)} validation image(s); "
         f"device {run.device} ({run.precision}, {'channels-last' if run.channels_last else 'contiguous'} layout); "
         f"writing to {args.out}")
@@ -172,15 +199,53 @@ def _prediction_paths(path: Path, out: Path, fmt: Optional[str], maps) -> dict:
     return {"labels": out / f"{name}{labels}", **{key: out / "maps" / f"{name}_{key}{maps_suffix}" for key in maps}}
 
 
+MODEL_HELP = ("a bundled model's name (see `cvbm models`), a checkpoint (.pt) written by cvbm train or the "
+              "napari plugin, or a bioimage.io package")
+
+
+def _model_and_input(args):
+    """(model source, input path) of `cvbm predict`: MODEL INPUT, or --model MODEL and INPUT."""
+    paths = [p for p in (args.model, args.input) if p is not None] + list(getattr(args, "more_paths", ()))
+    if args.model_option is not None:
+        if len(paths) != 1:
+            raise CVBMInputError(f"with --model {args.model_option}, give one image file or folder, not "
+                                 f"{len(paths)} ({' '.join(paths)})")
+        return args.model_option, Path(paths[0])
+    if len(paths) != 2:
+        given = f", not {' '.join(paths)}" if paths else ""
+        raise CVBMInputError(f"give the model and the image file or folder (cvbm predict MODEL INPUT, or "
+                             f"cvbm predict --model MODEL INPUT){given}")
+    return paths[0], Path(paths[1])
+
+
+def cmd_models(args) -> int:
+    """`cvbm models`: the bundled models, one line each; `cvbm models NAME`: its model card."""
+    import json
+
+    from .core import bundled
+
+    if args.name:
+        print(json.dumps(bundled.card(args.name), indent=2, ensure_ascii=False))
+        return 0
+    names = bundled.names()
+    if not names:
+        print(f"no bundled models (in {bundled.models_dir()})")
+    for name in names:
+        print(bundled.describe(name))
+    return 0
+
+
 def cmd_predict(args) -> int:
-    from .core.guidance import rank_slices, slices_apart, write_ranking
-    from .core.io import IMAGE_EXTENSIONS, list_images, read_image, strip_extension, write_image
+    from .core.guidance import suggestions, write_ranking
+    from .core.io import IMAGE_EXTENSIONS, list_images, read_image, read_mask, strip_extension, write_image
     from .core.outputs import check_outputs, check_writable
     from .core.predictor import Predictor
 
+    model, source = _model_and_input(args)
     _use_threads(args, print)
-    predictor = Predictor.load(args.model)
-    source = Path(args.input)
+    predictor = Predictor.load(model)
+    if predictor.config.class_names:
+        print("classes: " + ", ".join(f"{i} {n}" for i, n in enumerate(predictor.config.class_names)))
     files = [source] if source.is_file() else list_images(source)
     if not files:
         raise CVBMInputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {source}")
@@ -194,9 +259,11 @@ def cmd_predict(args) -> int:
     for folder in sorted({target.parent for paths in planned.values() for target in paths.values()}):
         check_writable(folder)
     heads = "fg" if args.mode == "fg" and not (args.probabilities or args.ranking) else "all"
+    views = _masks_by_case(args.mask)
     for path, paths in tqdm(planned.items(), desc="predict", unit="image", disable=len(files) < 2):
         image = read_image(path, channel=args.channel)
-        pred = predictor(image.array, spacing=image.spacing, channels=image.channel_names, mode=args.mode,
+        valid = read_mask(views.get(strip_extension(path)), image, path)
+        pred = predictor(image.array, spacing=image.spacing, channels=image.channel_names, valid=valid, mode=args.mode,
                          heads=heads, device=args.device, largest_component=args.largest_component,
                          amp=not args.float32)
         geometry = dict(geometry=image.geometry)
@@ -209,12 +276,19 @@ def cmd_predict(args) -> int:
             for key, array in arrays.items():
                 write_image(paths[key], array, **geometry)
         if args.ranking:  # rewritten after each image: it always covers the label maps written
-            rankings[strip_extension(path)] = rank_slices(pred, apart=slices_apart(predictor.config, image.spacing))
+            rankings[strip_extension(path)] = suggestions(pred, predictor.config, image.spacing)
             write_ranking(ranking, rankings)
         print(f"{path.name} -> {paths['labels']}")
     if args.ranking:
-        print(f"slices ranked by uncertainty -> {ranking}")
+        print(f"slices (regions of 2D images) ranked by uncertainty -> {ranking}")
     return 0
+
+
+def _masks_by_case(folder) -> dict:
+    """--mask: the field-of-view mask files of ``folder`` by case name (none without a folder)."""
+    from .core.io import list_images, strip_extension
+
+    return {strip_extension(path): path for path in list_images(folder)} if folder else {}
 
 
 def _quoted(names: List[str]) -> str:
@@ -242,7 +316,7 @@ def _evaluation_pairs(args) -> list:
 
 def cmd_evaluate(args) -> int:
     from .core.classes import infer_num_classes, interpret_labels
-    from .core.io import check_aligned, list_images, read_labels, read_mask, strip_extension
+    from .core.io import check_aligned, read_labels, read_mask, strip_extension
     from .core.metrics import evaluate_cases, format_table, summarize, write_csv
     from .core.outputs import refuse_existing
 
@@ -258,7 +332,7 @@ def cmd_evaluate(args) -> int:
     labels = interpret_labels({path: truth.array for path, truth in truths.items()}, args.num_classes)
     preds = interpret_labels(preds, args.num_classes, what="prediction file")
     num_classes = infer_num_classes([*preds.values(), *labels.values()], args.num_classes)
-    views = {strip_extension(path): path for path in list_images(args.mask)} if args.mask else {}
+    views = _masks_by_case(args.mask)
     loaded = [(strip_extension(pred), preds[pred], labels[label], truths[label].spacing if args.mm else None,
                read_mask(views.get(strip_extension(label)), truths[label], label)) for pred, label in pairs]
     rows = evaluate_cases(loaded, num_classes)
@@ -267,6 +341,23 @@ def cmd_evaluate(args) -> int:
     if args.csv:
         write_csv(rows, args.csv)
         print(f"per-case metrics written to {args.csv}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    """`cvbm export MODEL OUT.zip`: the model as a bioimage.io model package (``core.bioimageio``)."""
+    from .core import bundled
+    from .core.bioimageio import export_package, package_name
+    from .core.outputs import refuse_existing
+    from .core.predictor import Predictor
+
+    refuse_existing(args.out, args.overwrite)  # before the model is read
+    predictor = Predictor.load(args.model)  # as `cvbm predict` opens it: a bundled name, a package or a file
+    card = bundled.card(args.model) if bundled.is_name(args.model) else None
+    name = args.name or package_name((card or {}).get("title") or f"CVBM {Path(args.model).stem}")
+    path = export_package(predictor.model, predictor.config, args.out, name=name, description=args.description,
+                          authors=args.author or None, card=card, overwrite=args.overwrite)
+    print(f"bioimage.io model package '{name}' -> {path}")
     return 0
 
 
@@ -319,21 +410,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder for checkpoints")
     p.add_argument("--resume", help="training checkpoint (last.pt) to continue from; --set may change the "
                                     "iteration counts, validate_every, checkpoint_every, amp, compile, channels_last")
+    p.add_argument("--init", metavar="MODEL",
+                   help=f"fine-tune this model ({MODEL_HELP}): start from its weights, keeping its network, "
+                        "class names and, when it has one, its working spacing or slice size")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the checkpoints of an earlier run in --out (default: refuse)")
     _add_compute_options(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("predict", help="segment an image or a folder of images")
-    p.add_argument("model", help="checkpoint (.pt) written by cvbm train or the napari plugin")
-    p.add_argument("input", help="image file or folder")
+    p.add_argument("model", nargs="?", metavar="MODEL", help=f"{MODEL_HELP} (or give it with --model)")
+    p.add_argument("input", nargs="?", metavar="INPUT", help="image file or folder")
+    p.add_argument("--model", dest="model_option", metavar="MODEL", help="the model, as MODEL")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--mode", default="fg", choices=("fg", "mix", "avg"))
     p.add_argument("--probabilities", action="store_true",
                    help="also write probability, confidence and disagreement maps (to OUT/maps/)")
     p.add_argument("--ranking", action="store_true",
-                   help="also write OUT/ranking.csv: every image's slices (axis 0), most uncertain first "
-                        "(columns case, slice, score, rank; score: expected wrongly labelled voxels)")
+                   help="also write OUT/ranking.csv: every image's slices (axis 0; square regions of a 2D "
+                        "image), most uncertain first (columns case, slice, rows, columns, score, rank; "
+                        "score: expected wrongly labelled voxels)")
+    p.add_argument("--mask", help=MASK_HELP.format("background in the labels and maps"))
     p.add_argument("--largest-component", action=argparse.BooleanOptionalAction,
                    help="keep (or not) only the largest component per class (default: the model's setting, "
                         "decided on validation when it was trained)")
@@ -346,6 +443,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compute_options(p)
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("models", help="the bundled models (ready to segment with), or one's model card")
+    p.add_argument("name", nargs="?", help="a bundled model: print its model card (JSON)")
+    p.set_defaults(func=cmd_models)
+
     p = sub.add_parser("evaluate", help="Dice, Jaccard, 95HD and ASD of predictions against labels")
     p.add_argument("predictions", help="folder of predicted label maps")
     p.add_argument("labels", help="folder of reference label maps (same case names)")
@@ -357,6 +458,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", help="write per-case, per-class metrics to this CSV file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --csv file")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="write a model as a bioimage.io model package (.zip) that other tools run")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("out", help="the package to write (.zip)")
+    p.add_argument("--name", help="the package's name (letters, digits, spaces, _+-(); default: from MODEL)")
+    p.add_argument("--description", default="", help="one or two sentences on what the model segments")
+    p.add_argument("--author", action="append", default=[], metavar="NAME",
+                   help="an author (repeat for several; default: napari-cvbm)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT (default: refuse)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="the headless main job on the bundled sample data")
     p.add_argument("--data", help="sample data folder (default: the bundled sample_data/)")
@@ -392,7 +503,11 @@ def _notes_on_stderr():
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.func is cmd_predict and not any(e.startswith("-") for e in extra):
+        args.more_paths = extra  # `predict MODEL --out OUT INPUT`: argparse leaves a later positional over
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         with _notes_on_stderr():
             return args.func(args)

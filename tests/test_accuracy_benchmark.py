@@ -45,6 +45,15 @@ def test_splits_declare_la_holdout_and_selection(tmp_path):
     assert not set(split["unlabeled"]) & (set(split["holdout"]) | set(split["selection"]) | set(split["labeled"]))
 
 
+def test_all_labeled_takes_every_training_case_outside_holdout_and_selection(tmp_path):
+    train = [f"c{i:02d}" for i in range(30)]
+    (tmp_path / "splits.json").write_text(json.dumps({"train": train, "labeled_4": train[:4]}))
+    split = accuracy.splits_of(tmp_path, "all")
+    assert split["labeled"] == train[:-20] and split["unlabeled"] == []
+    (tmp_path / "splits.json").write_text(json.dumps({"train": train, "val": ["v0"]}))
+    assert accuracy.splits_of(tmp_path, "all", eval_split="val")["labeled"] == train  # ACDC: val selects
+
+
 def test_la_holdout_trains_as_unlabeled_when_another_split_is_scored(tmp_path):
     train = [f"c{i:02d}" for i in range(30)]
     (tmp_path / "splits.json").write_text(json.dumps({"train": train, "labeled_4": train[:4], "test": ["t0"]}))

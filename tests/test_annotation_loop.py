@@ -60,4 +60,7 @@ def test_rounds_from_the_bundled_model_are_guided_from_the_first(tmp_path):
                                  "--start", "starter", "--strategies", "guided,even", "--out", str(out),
                                  *TINY]) == 0
     rows = list(csv.DictReader((out / "rounds.csv").open()))
+    start = [r for r in rows if r["round"] == "0"]  # the starting model, scored before any correction
+    rows = [r for r in rows if r["round"] != "0"]
+    assert [(r["round"], r["slices"]) for r in start] == [("0", "0")] * 2 and start[0]["dice"] == start[1]["dice"]
     assert [r["strategy"] for r in rows] == ["guided", "even"] and rows[0]["picked"] != rows[1]["picked"]

@@ -1,6 +1,8 @@
 """Multi-channel images and fields of view through the engine: sampling, training, planning,
 prediction and scoring."""
 
+import csv
+
 import numpy as np
 import pytest
 import torch
@@ -207,6 +209,16 @@ def test_photographs_with_masks_through_the_cli(tmp_path, capsys):
     labels = read_labels(tmp_path / "pred" / "p2.png")
     assert labels.array.shape == read_image(tmp_path / "unlabeled" / "p2.jpg").array.shape[1:] == (64, 96)
     assert (tmp_path / "pred" / "maps" / "p2_confidence_fg.tif").is_file()
+    code, _, err = cvbm("predict", tmp_path / "run" / "model.pt", tmp_path / "unlabeled", "--out",
+                        tmp_path / "masked", "--probabilities", "--mask", tmp_path / "fov", "--ranking")
+    assert code == 0, err
+    disc = read_labels(tmp_path / "fov" / "p2.png").array > 0
+    masked = read_labels(tmp_path / "masked" / "p2.png").array
+    confidence = read_image(tmp_path / "masked" / "maps" / "p2_confidence_fg.tif").array
+    assert not masked[~disc].any() and np.all(confidence[~disc] == 1.0)  # outside: certain background
+    np.testing.assert_array_equal(masked[disc], labels.array[disc])  # inside: as without the mask
+    rows = list(csv.DictReader((tmp_path / "masked" / "ranking.csv").open()))
+    assert [(r["case"], r["slice"], r["rows"], r["columns"]) for r in rows] == [("p2", "", "0-64", "0-96")]
     code, out, err = cvbm("evaluate", tmp_path / "pred", tmp_path / "labels", "--mask", tmp_path / "fov",
                           "--only-predicted")
     assert code == 0 and "1 of 3 labelled cases" in out, err

@@ -215,3 +215,36 @@ def test_channel_layers_are_training_data_of_a_multi_channel_model(make_napari_v
     assert data.channels == () and not row.picker.extra
     assert [item.text() for item in data._unlabeled_items()] == ["a t1", "a t2", "b t1", "b t2"]
     assert data.snapshot()[0][0].image.shape == (32, 40)
+
+
+def test_photo_with_a_field_of_view_lists_regions_to_correct(viewer_widget, qtbot, tmp_path, notifications):
+    """A 2D photograph's suggestions are regions (not "slice 0"); a click centres and zooms on one;
+    with a field of view nothing outside it is labelled or suggested."""
+    viewer, widget = viewer_widget
+    assert widget.load_checkpoint(checkpoint(tmp_path / "rgb.pt"))
+    rgb, _, disc = photo(shape=(300, 520))
+    layer = viewer.add_image(rgb, name="fundus", rgb=True, scale=(0.5, 0.5))
+    corner = np.zeros_like(disc)
+    corner[:256, :256] = disc[:256, :256]  # a field of view inside the first region only
+    fov = viewer.add_labels(corner.astype(np.uint8), name="fundus fov", scale=(0.5, 0.5))
+    widget.reset_choices()
+    widget._image.value = layer
+    widget._fov.value = fov
+    segment(qtbot, widget)
+    assert not errors(notifications), widget.status.message
+    segmentation = made_layers(viewer, "fundus")["segmentation"]
+    assert not segmentation.data[~corner.astype(bool)].any()
+    panel = widget.ranking
+    assert panel.title.text() == "<b>Regions to correct next</b>"
+    listed = panel.slices()
+    assert len(listed) == 6 and str(listed[0]) == "rows 0-256, columns 0-256"  # the only uncertain one
+    assert panel.list.item(0).text().startswith("rows 0-256, columns 0-256 · uncertainty ")
+    assert all(float(panel.list.item(i).text().rsplit(" ", 1)[1]) == 0 for i in range(1, 6))
+    panel.jump(listed[3])
+    np.testing.assert_allclose(viewer.camera.center[-2:], np.array([listed[3].y0 + listed[3].y1,
+                                                                    listed[3].x0 + listed[3].x1]) / 4)
+    segmentation.data[100, 100] = 1 - segmentation.data[100, 100]  # a correction in the first region
+    segmentation.refresh()
+    assert panel.refresh() == listed[1:]
+    widget._fov.value = viewer.add_labels(np.ones((10, 10), np.uint8), name="wrong")
+    assert widget.segment() is None and "field of view 'wrong' has shape (10, 10)" in widget.status.message

@@ -6,7 +6,18 @@ import time
 import numpy as np
 import pytest
 
-from napari_cvbm.core.guidance import rank_slices, slice_uncertainty, slices_apart, voxel_uncertainty, write_ranking
+from napari_cvbm.core.guidance import (
+    Region,
+    edited_places,
+    rank_regions,
+    rank_slices,
+    regions,
+    slice_uncertainty,
+    slices_apart,
+    suggestions,
+    voxel_uncertainty,
+    write_ranking,
+)
 from napari_cvbm.core.inference import Prediction
 
 
@@ -101,10 +112,11 @@ def test_fast_on_a_volume():
 
 def test_write_ranking(tmp_path):
     path = tmp_path / "ranking.csv"
-    write_ranking(path, {"a": [(3, 12.5), (0, 1.0)], "b": [(0, 2.0)]})
+    write_ranking(path, {"a": [(3, 12.5), (0, 1.0)], "b": [(0, 2.0)], "photo": [(Region(0, 256, 512, 700), 4.0)]})
     rows = list(csv.DictReader(path.open()))
-    assert [(r["case"], int(r["slice"]), float(r["score"]), int(r["rank"])) for r in rows] == [
-        ("a", 3, 12.5, 1), ("a", 0, 1.0, 2), ("b", 0, 2.0, 1)]
+    assert [tuple(r.values()) for r in rows] == [
+        ("a", "3", "", "", "12.5", "1"), ("a", "0", "", "", "1", "2"), ("b", "0", "", "", "2", "1"),
+        ("photo", "", "0-256", "512-700", "4", "1")]
     assert [p.name for p in tmp_path.iterdir()] == ["ranking.csv"]  # no temp file left
 
 
@@ -128,3 +140,38 @@ def test_suggestions_stay_two_working_slices_apart():
     assert slices_apart(model, (0.625, 0.625, 0.625)) == 4  # two working slices of the image's 0.625 mm
     assert slices_apart(preset("cpu", 3), (2.0, 1.0, 1.0)) == 2  # a model at the image's own spacing
     assert slices_apart(preset("cpu", 2), (10.0, 1.5, 1.5)) == 1  # a 2D model learns slice by slice
+
+
+def test_a_photograph_is_ranked_by_regions_and_corrected_regions_leave():
+    p1 = np.full((600, 520), 0.99, np.float32)
+    p1[300:400, 260:300] = 0.5  # an unsure patch in the middle region of the second row
+    p1[10, 10] = 0.5  # one unsure pixel in the first region
+    pred = Prediction.from_views(two_class(p1), None, None, "fg")
+    tiles = regions(p1.shape)
+    assert len(tiles) == 9 and tiles[-1] == Region(512, 600, 512, 520)  # 3 x 3, the last ones cut to the image
+    assert sum((r.y1 - r.y0) * (r.x1 - r.x0) for r in tiles) == p1.size
+    ranked = rank_regions(pred)
+    assert ranked[0][0] == Region(256, 512, 256, 512) and ranked[1][0] == Region(0, 256, 0, 256)
+    np.testing.assert_allclose(sum(score for _, score in ranked), voxel_uncertainty(pred).sum(), rtol=1e-5)
+    assert str(ranked[0][0]) == "rows 256-512, columns 256-512"
+    assert suggestions(pred, config=None) == ranked  # a 2D image: regions, whatever the model
+    corrected = pred.labels.copy()
+    corrected[300, 300] = 1 - corrected[300, 300]
+    assert edited_places(corrected, pred.labels) == [Region(256, 512, 256, 512)]
+    assert [r for r, _ in suggestions(pred, None, exclude=edited_places(corrected, pred.labels), limit=1)] == [
+        Region(0, 256, 0, 256)]
+
+
+def test_outside_the_field_of_view_is_certain_background():
+    fg = two_class(np.full((6, 8), 0.7, np.float32))
+    bg = two_class(np.full((6, 8), 0.2, np.float32))
+    valid = np.zeros((6, 8), bool)
+    valid[1:4, 2:6] = True
+    pred = Prediction.from_views(fg.copy(), bg.copy(), fg.copy(), "fg").restrict(valid)
+    assert pred.labels[valid].all() and not pred.labels[~valid].any()
+    for view in (pred.fg, pred.bg, pred.mix):
+        assert np.all(view[0][~valid] == 1.0) and np.all(view[1][valid] > 0.1)
+    assert np.all(pred.fg_confidence[~valid] == 1.0) and np.all(pred.disagreement[~valid] == 0.0)
+    assert voxel_uncertainty(pred)[~valid].sum() == 0 and voxel_uncertainty(pred)[valid].min() > 0.3
+    with pytest.raises(Exception, match="field of view has shape"):
+        pred.restrict(np.ones((3, 3), bool))

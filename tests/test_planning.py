@@ -88,6 +88,20 @@ def test_validation_time_comes_out_of_the_budget(fixed_step):
     assert costly.seconds == pytest.approx(600, rel=0.05)
 
 
+def test_a_slowed_inference_timing_never_costs_more_than_training(fixed_step, monkeypatch):
+    """A window's forward pass is timed; a timing slowed by other work on the machine is capped at
+    what training one window of the batch costs, so the plan keeps its steps."""
+    case = box_case("c", (48, 64, 64), (1.0,) * 3, (20, 30, 30))
+    monkeypatch.setattr(planning, "inference_window_seconds", lambda *args: 1e-3)
+    fair = planning.plan([case], budget_s=600, validation=[case])
+    monkeypatch.setattr(planning, "inference_window_seconds", lambda *args: 1e3)
+    slowed = planning.plan([case], budget_s=600, validation=[case])
+    windows = slowed.validation_seconds / (slowed.step_seconds / slowed.config.batch_labeled)
+    assert windows == pytest.approx(round(windows)) and 1 <= round(windows) < 100  # capped, per window
+    assert fair.validation_seconds < slowed.validation_seconds
+    assert slowed.config.pretrain_iterations > 0.5 * fair.config.pretrain_iterations
+
+
 def test_2d_plan_resizes_whole_slices(fixed_step):
     case = box_case("d", (10, 200, 180), (1.0,) * 3, (6, 60, 60))
     plan = planning.plan([case], budget_s=120, overrides={"dim": 2})

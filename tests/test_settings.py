@@ -32,8 +32,9 @@ BAD_TYPES = {
     Optional[Tuple[int, int]]: [(32, 32)],  # a 3D run has no slice size
     Optional[Tuple[float, ...]]: [1.25, "1.25", (0, 1.0, 1.0), (-1.25, 1.0, 1.0), (NAN, 1.0, 1.0),
                                   (INF, 1.0, 1.0), (True, 1.0, 1.0), ("a", 1.0, 1.0), (1.25, 1.25), ()],
-    # names of the channels: text, one per channel (in_channels is 1 in these checks)
-    Optional[Tuple[str, ...]]: ["red", ("red", 1), (1,), ("",), ("red", "green"), (), [None]],
+    # names of the channels or classes: text, one per channel or class (in these checks in_channels is 1
+    # and num_classes 2)
+    Optional[Tuple[str, ...]]: ["red", ("red", 1), (1,), ("",), ("red", "green", "blue"), (), [None]],
 }
 # values of the right type outside the field's range
 OUT_OF_RANGE = {
@@ -50,7 +51,7 @@ OUT_OF_RANGE = {
 VALID = {"selftrain_iterations": 0, "consistency_rampup": 0, "lr": 1e6, "momentum": 0, "ema_decay": 1.0,
          "alpha": 0, "inference_overlap": 0, "channels_last": None, "rotate_degrees": 180, "seed": 2 ** 32 - 1,
          "patch_size": (16, 16, 32), "width": 1, "weight_decay": 0, "spacing": (2.5, 0.7, 0.7),
-         "in_channels": 4, "channel_names": ("T1",)}
+         "in_channels": 4, "channel_names": ("T1",), "class_names": ("background", "left atrium")}
 
 
 def assert_refused(value, name, **overrides):

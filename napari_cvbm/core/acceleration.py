@@ -66,6 +66,24 @@ def training_step_seconds(model: torch.nn.Module, batch_shape: Tuple[int, ...], 
     return seconds_per_call(step, device, repeats, warmup=2)
 
 
+def inference_window_seconds(model: torch.nn.Module, batch_shape: Tuple[int, ...], device: torch.device,
+                             amp: bool) -> float:
+    """Seconds per window of the fg head's forward pass (no gradients, as validation predicts) of a
+    copy of ``model`` on a random batch of windows, the fastest of three timings after two untimed
+    calls (a shared machine only ever slows a call down); ``model`` itself is not touched."""
+    net = copy.deepcopy(model).to(device).eval()
+    x = torch.randn(batch_shape, device=device)
+
+    @torch.no_grad()
+    def forward():
+        with autocast(device, amp):
+            torch.softmax(net.forward_fg(x).float(), dim=1)
+
+    forward()  # the first no-gradient calls of a process set up their kernels: not timed
+    forward()
+    return min(seconds_per_call(forward, device, repeats=1) for _ in range(3)) / batch_shape[0]
+
+
 def faster_layout(model: torch.nn.Module, batch_shape: Tuple[int, ...], device: torch.device,
                   amp: bool) -> Tuple[bool, Dict[str, float]]:
     """Whether channels-last trains ``model`` faster than contiguous on ``device``, and the seconds

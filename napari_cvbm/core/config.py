@@ -21,6 +21,9 @@ class TrainConfig:
     in_channels: int = 1  # image channels, first when more than one (core.channels)
     channel_names: Optional[Tuple[str, ...]] = None  # what they are, e.g. red, green, blue; None: not named
     num_classes: int = 2
+    # what each class index is, index 0 first, e.g. background, myocardium; None: not named. Not part of the
+    # network: kept when fine-tuning a model (MEANING), shown by the widgets, written by the packaging tool
+    class_names: Optional[Tuple[str, ...]] = None
     width: int = 16
     background_branch: bool = True  # False: the foreground-only ablation (no bg decoder, no psi, no L_bcl)
     norm: str = "instance"  # or "batch" (the 2D U-Net of the release uses BatchNorm)
@@ -80,6 +83,11 @@ class TrainConfig:
             problems += _size_problems(name, size, self.norm)
         if self.channel_names is not None and len(self.channel_names) != self.in_channels:
             problems.append(f"channel_names {self.channel_names} must name the {self.in_channels} channel(s)")
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            problems.append(f"class_names {self.class_names} must name the {self.num_classes} classes, "
+                            f"background (index 0) first")
+        elif self.class_names is not None and len(set(self.class_names)) != len(self.class_names):
+            problems.append(f"class_names {self.class_names} must be different names")
         if self.batch_labeled % 2:
             problems.append("batch_labeled must be even (pre-training mixes labeled pairs)")
         if self.batch_unlabeled != self.batch_labeled:
@@ -92,6 +100,10 @@ class TrainConfig:
     def architecture(self) -> dict:
         """The settings that define the network (spec 1): a model is rebuilt from these alone."""
         return {name: getattr(self, name) for name in ARCHITECTURE}
+
+    def meaning(self) -> dict:
+        """What the network's outputs are (:data:`MEANING`): every fine-tune of the model keeps it."""
+        return {name: getattr(self, name) for name in MEANING}
 
     def model_input(self) -> dict:
         """What the network was trained to see (spec 7): window or slice size and working spacing;
@@ -143,6 +155,8 @@ RANGES = {
 ARCHITECTURE = ("dim", "in_channels", "channel_names", "num_classes", "width", "background_branch", "norm")
 #: What a trained network expects of its input: the window or slice size and the working spacing.
 MODEL_INPUT = ("patch_size", "slice_size", "spacing")
+#: What a trained network's outputs mean (not the network): every fine-tune of it keeps them.
+MEANING = ("class_names",)
 #: What a resumed run may change: how long it trains, how often it validates and saves, how it computes.
 RESUMABLE = ("pretrain_iterations", "selftrain_iterations", "validate_every", "checkpoint_every", "amp",
              "compile", "channels_last", "largest_component")
@@ -286,7 +300,7 @@ def resumed_config(saved: TrainConfig, given: dict, preset_name: Optional[str] =
     check_settings(given)
     if preset_name is not None:
         given = preset(preset_name, given.get("dim", saved.dim),
-                       **{"num_classes": saved.num_classes, **given}).to_dict()
+                       **{"num_classes": saved.num_classes, **saved.meaning(), **given}).to_dict()
     changed = {name: value for name, value in given.items() if value != getattr(saved, name)}
     refused = [f"{name} is {_shown(getattr(saved, name))} in the checkpoint, {_shown(value)} given"
                for name, value in changed.items() if name not in RESUMABLE]

@@ -68,6 +68,24 @@ class Prediction:
         """Class probabilities of :attr:`mode` (for avg, computed on access)."""
         return combine_views(self.mode, self.fg, self.bg, self.mix)
 
+    def restrict(self, valid: np.ndarray) -> "Prediction":
+        """This prediction with everything outside ``valid`` (a field of view, image shape) set to
+        certain background in every view, map and label, in place; returns itself."""
+        outside = ~np.asarray(valid, dtype=bool)
+        if outside.shape != self.labels.shape:
+            raise CVBMInputError(f"the field of view has shape {outside.shape}; the image has {self.labels.shape}")
+        self.labels[outside] = 0
+        for probabilities in (self.fg, self.bg, self.mix):
+            if probabilities is not None:
+                probabilities[:, outside] = 0.0
+                probabilities[0, outside] = 1.0
+        for confidence in (self.fg_confidence, self.bg_confidence):
+            if confidence is not None:
+                confidence[outside] = 1.0
+        if self.disagreement is not None:
+            self.disagreement[outside] = 0.0
+        return self
+
     @classmethod
     def from_views(cls, fg: np.ndarray, bg: Optional[np.ndarray], mix: Optional[np.ndarray], mode: str,
                    largest_component: bool = False) -> "Prediction":
@@ -107,7 +125,7 @@ def _overlap_tuple(overlap, ndim: int) -> Tuple[float, ...]:
     return ov
 
 
-def _windows_per_image(image_size: Sequence[int], roi: Sequence[int], overlap: Sequence[float]) -> int:
+def windows_per_image(image_size: Sequence[int], roi: Sequence[int], overlap: Sequence[float]) -> int:
     """Number of windows MONAI's sliding_window_inference visits for one image."""
     n = 1
     for s, r, o in zip(image_size, roi, overlap):
@@ -344,7 +362,7 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
 def _predict_volume(model, norm, heads, num_views, settings, overlap, dev, blend, progress_cb):
     """3D model: sliding window over the whole (channels, z, y, x) volume -> list of (classes, z, y, x)
     arrays."""
-    total = _windows_per_image(norm.shape[1:], settings.patch_size, overlap)
+    total = windows_per_image(norm.shape[1:], settings.patch_size, overlap)
     prog = _Progress(progress_cb, total)
     prog.report(0.0)
     x = torch.from_numpy(np.ascontiguousarray(norm))[None].to(dev)
@@ -363,7 +381,7 @@ def _predict_slices(model, norm, heads, num_views, settings, overlap, dev, blend
     num_classes = int(model.num_classes)
     chunk = settings.batch_size
     if slice_size is None:
-        total = n * _windows_per_image((h, w), settings.patch_size, overlap)
+        total = n * windows_per_image((h, w), settings.patch_size, overlap)
     else:
         total = n
     prog = _Progress(progress_cb, total)

@@ -36,11 +36,12 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .acceleration import training_step_seconds, use_channels_last
+from .acceleration import inference_window_seconds, training_step_seconds, use_channels_last
 from .checkpoint import build_model
 from .config import TrainConfig, preset
 from .data import Case
 from .errors import CVBMInputError
+from .inference import windows_per_image
 from .networks import CVBMNet
 
 CONTEXT = 0.8  # a patch sees at least this share of the structure's extent along each axis
@@ -53,9 +54,7 @@ SELFTRAIN_COST = 1.8  # a self-training step in pre-training steps (measured on 
 VALIDATIONS = 8  # validation (model selection) runs in pre-training; self-training runs twice as many
 VALIDATION_SHARE = 0.2  # validation takes at most this share of a budget
 EXTRA_VALIDATIONS = 2  # the starting weights, and the post-processing decision at the end
-# a pixel predicted (fg head, blended windows) in pixels trained; on HRF photographs 0.6 with the cores
-# shared, 0.2 alone: an upper bound
-INFERENCE_COST = 0.6
+INFERENCE_BATCH = 4  # windows per forward pass in validation (core.inference's default)
 PATCH_OVERLAP_2D = 0.25
 DEFAULT_BUDGET_S = 10 * 60.0  # a CPU run without a budget: about ten minutes
 
@@ -139,9 +138,10 @@ def fine_tune_overrides(model: TrainConfig) -> Dict:
     (``architecture()``) and, when it was trained at a working spacing (3D) or on resized slices (2D),
     its input (``model_input()``: only the step counts are planned then). A model trained at each
     image's own spacing gets a planned spacing and patch, as a new network does (it is fully
-    convolutional; the fine-tuned model's config stores them)."""
+    convolutional; the fine-tuned model's config stores them). Named classes (``meaning()``) are kept too."""
     keeps_input = model.spacing is not None or model.slice_size is not None
-    return {**model.architecture(), **(model.model_input() if keeps_input else {})}
+    meaning = {k: v for k, v in model.meaning().items() if v is not None}
+    return {**model.architecture(), **(model.model_input() if keeps_input else {}), **meaning}
 
 
 def _round_up(n: float, step: int) -> int:
@@ -250,7 +250,7 @@ def plan(labeled: Sequence[Case], unlabeled: Sequence[Case] = (), device: Option
         return Plan(config, fp, str(device), None, budget_s)
     seconds = _step_seconds(config, device)
     budget = budget_s if budget_s is not None else DEFAULT_BUDGET_S
-    validating = _validation_seconds(config, validation, seconds)
+    validating = _validation_seconds(config, validation, device, seconds)
     validations = VALIDATIONS
     if validating:  # pre-training validates `validations` times, self-training twice as often
         validations = max(1, min(VALIDATIONS, int(VALIDATION_SHARE * budget / (3 * validating))))
@@ -264,20 +264,29 @@ def plan(labeled: Sequence[Case], unlabeled: Sequence[Case] = (), device: Option
     return Plan(config, fp, str(device), seconds, budget, validating)
 
 
-def _validation_seconds(config: TrainConfig, validation: Sequence[Case], step_seconds: float) -> float:
-    """Estimated seconds of one validation: every pixel of ``validation`` (at the working spacing,
-    each window-overlap's worth) predicted at ``INFERENCE_COST`` of a trained pixel."""
+def _validation_seconds(config: TrainConfig, validation: Sequence[Case], device: torch.device,
+                        step_seconds: float) -> float:
+    """Seconds of one validation: the windows that predicting ``validation`` visits (each slice
+    resized to one window, or sliding windows over the image at the working spacing), at the
+    measured time of one window's fg-head forward pass on ``device``; never more than training one
+    window of the batch costs (``step_seconds`` of a pre-training step: forward and backward of
+    every head), which a timing slowed down by other work on the machine could otherwise suggest."""
     if not validation:
         return 0.0
-    window = config.slice_size or config.patch_size
-    if config.slice_size:  # each slice resized to the window
-        pixels = sum((c.shape[0] if len(c.shape) == 3 else 1) * np.prod(window) for c in validation)
-    else:
-        zoom = [np.prod(c.spacing) / np.prod(config.spacing) if config.spacing else 1.0 for c in validation]
-        coverage = (1 / (1 - config.inference_overlap)) ** len(window)
-        pixels = sum(np.prod(c.shape) * z for c, z in zip(validation, zoom)) * coverage
-    trained = config.batch_labeled * np.prod(window)
-    return float(step_seconds * INFERENCE_COST * pixels / trained)
+    window = tuple(config.slice_size or config.patch_size)
+    windows = 0
+    for case in validation:
+        if config.slice_size:
+            windows += case.shape[0] if len(case.shape) == 3 else 1
+            continue
+        shape = case.shape if config.dim == 3 else case.shape[-2:]
+        if config.spacing is not None:
+            shape = [round(n * s / w) for n, s, w in zip(shape, case.spacing, config.spacing)]
+        slices = case.shape[0] if config.dim == 2 and len(case.shape) == 3 else 1
+        windows += slices * windows_per_image(shape, window, (config.inference_overlap,) * len(window))
+    batch = (INFERENCE_BATCH, config.in_channels, *window)
+    window_seconds = inference_window_seconds(build_model(config), batch, device, config.amp)
+    return float(windows * min(window_seconds, step_seconds / config.batch_labeled))
 
 
 def _step_seconds(config: TrainConfig, device: torch.device) -> float:

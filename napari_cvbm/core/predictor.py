@@ -13,9 +13,10 @@ import torch
 
 from . import resampling
 from .channels import check_channels, spatial_shape
-from .checkpoint import load_model
 from .config import TrainConfig
+from .errors import CVBMInputError
 from .inference import Prediction, predict
+from .model_source import open_model
 
 
 @dataclass(frozen=True)
@@ -26,12 +27,14 @@ class Predictor:
     config: TrainConfig
 
     @classmethod
-    def load(cls, path) -> "Predictor":
-        """The model of a checkpoint file, through the safe loading path (core.checkpoint)."""
-        return cls(*load_model(path))
+    def load(cls, source) -> "Predictor":
+        """The model of ``source``: a bundled model's name, a bioimage.io package or a checkpoint file
+        (:func:`~.model_source.open_model`; checkpoints through the safe loading path, core.checkpoint)."""
+        return cls(*open_model(source))
 
     def __call__(self, image: np.ndarray, spacing: Optional[Sequence[float]] = None,
-                 channels: Optional[Sequence[str]] = None, **options) -> Prediction:
+                 channels: Optional[Sequence[str]] = None, valid: Optional[np.ndarray] = None,
+                 **options) -> Prediction:
         """:func:`~.inference.predict` with this model's window settings; ``options`` as predict's
         (mode, heads, device, largest_component, progress, amp...); ``largest_component`` (None or not
         given) is the model's own setting (decided on validation when it was trained).
@@ -42,7 +45,16 @@ class Predictor:
 
         With ``spacing`` (the image's voxel size in mm, array order) and a model trained at a working
         spacing (the plan), the image is resampled to it and the probabilities back onto the image's
-        own grid, where the labels and maps are computed: the result always has the image's shape."""
+        own grid, where the labels and maps are computed: the result always has the image's shape.
+        With ``valid`` (a field-of-view mask of that shape), everything outside it is certain
+        background (:meth:`~.inference.Prediction.restrict`)."""
+        shape = spatial_shape(image, self.config.in_channels)
+        if valid is not None and np.shape(valid) != tuple(shape):
+            raise CVBMInputError(f"the field of view has shape {np.shape(valid)}; the image has {tuple(shape)}")
+        prediction = self._on_image_grid(image, spacing, channels, **options)
+        return prediction if valid is None else prediction.restrict(valid)
+
+    def _on_image_grid(self, image, spacing, channels, **options) -> Prediction:
         check_channels(self.config.in_channels, self.config.channel_names or (), channels)
         if options.get("largest_component") is None:  # not given: the model's own setting
             options["largest_component"] = bool(self.config.largest_component)

@@ -3,10 +3,11 @@
 Every layer made here carries ``metadata["cvbm_role"]`` (one of :data:`ROLES`) and
 ``metadata["cvbm_source"]`` (the image layer's name), and the image layer's scale and translate.
 Re-running on the same image updates these layers in place, so the user's display settings
-(visibility, opacity, contrast) survive and layers the user made are never touched.
+(visibility, opacity, contrast) survive and layers the user made are never touched. A model that
+names its classes (``TrainConfig.class_names``) names them on the segmentation layer too.
 """
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from napari.layers import Image, Labels, Layer
@@ -60,13 +61,26 @@ def _map_display(colormap: str, limits, visible: bool) -> dict:
     return dict(colormap=colormap, contrast_limits=limits, blending="additive", visible=visible)
 
 
-def show_prediction(viewer, image: Image, prediction) -> Dict[str, Layer]:
+def name_classes(layer: Labels, class_names: Optional[Sequence[str]]) -> None:
+    """Tell napari what each label value of ``layer`` is: a features table (an "index" column 0..C-1 and
+    a "class" column of names), so its status bar shows the class under the cursor, and
+    ``metadata["cvbm_class_names"]``. Without names, both are cleared."""
+    if class_names:
+        layer.features = {"index": np.arange(len(class_names)), "class": np.asarray(class_names, dtype=object)}
+        layer.metadata["cvbm_class_names"] = tuple(class_names)
+    else:
+        layer.features = {}
+        layer.metadata.pop("cvbm_class_names", None)
+
+
+def show_prediction(viewer, image: Image, prediction, class_names: Optional[Sequence[str]] = None) -> Dict[str, Layer]:
     """Add or refresh the layers of ``prediction`` (a ``core.inference.Prediction``) for ``image``.
 
-    Made: the editable segmentation, P(foreground) = 1 - P(class 0) of each computed view, the
-    fg / bg confidence maps (same colormap and limits 1/C..1, so they compare directly) and the
-    fg vs bg disagreement. Layers of roles this prediction lacks (e.g. a model without a
-    background branch) are removed. Returns {role: layer}.
+    Made: the editable segmentation (its classes named by ``class_names``, the model's, see
+    :func:`name_classes`), P(foreground) = 1 - P(class 0) of each computed view, the fg / bg
+    confidence maps (same colormap and limits 1/C..1, so they compare directly) and the fg vs bg
+    disagreement. Layers of roles this prediction lacks (e.g. a model without a background branch)
+    are removed. Returns {role: layer}.
     """
     src = image.name
     num_classes = prediction.fg.shape[0]
@@ -88,6 +102,7 @@ def show_prediction(viewer, image: Image, prediction) -> Dict[str, Layer]:
     seg = _put_layer(viewer, image, SEGMENTATION, Labels, prediction.labels, f"{src} CVBM segmentation",
                      opacity=0.5)
     seg.metadata["cvbm_original"] = prediction.labels.copy()
+    name_classes(seg, class_names)
     made[SEGMENTATION] = seg
     for layer in result_layers(viewer, src):
         if layer.metadata["cvbm_role"] not in made:

@@ -5,9 +5,11 @@ channel (:mod:`napari_cvbm.gui.widgets.channel_picker`); the results lie on the 
 Prediction runs in a napari thread worker on a copy of the layer (``gui.jobs`` shows its progress
 and errors the same way as the Fine-tune widget); the results become layers
 (:mod:`napari_cvbm.gui.layers`). "Compare fg/bg" shows the confidence of the two views side by
-side (:mod:`napari_cvbm.gui.compare`). "Slices to correct next" lists the image's slices, least
-sure first (:mod:`napari_cvbm.gui.widgets.slice_ranking`). When the shared model store changes (a
-checkpoint was loaded, a model fine-tuned or picked), the last segmented image is segmented again.
+side (:mod:`napari_cvbm.gui.compare`). "Slices to correct next" lists the image's slices (a 2D
+image's regions), least sure first (:mod:`napari_cvbm.gui.widgets.slice_ranking`). An optional field
+of view (a fundus photograph's disc) makes everything outside it certain background. When the shared
+model store changes (a checkpoint was loaded, a model fine-tuned or picked), the last segmented image
+is segmented again.
 """
 
 import time
@@ -26,18 +28,19 @@ from superqt.utils import signals_blocked
 from ..core.channels import check_channels
 from ..core.device import available_devices
 from ..core.errors import CVBMInputError
-from ..core.guidance import rank_slices, slices_apart
+from ..core.guidance import suggestions
 from ..core.predictor import Predictor
 from . import models
 from .compare import CompareView, confidence_pair
 from .job_status import JobState, JobStatus
 from .jobs import JobRunner
 from .layers import SEGMENTATION, show_prediction
-from .snapshots import image_input
-from .widgets.channel_picker import ChannelPicker, model_channels
+from .snapshots import field_of_view, image_input
+from .widgets.channel_picker import ChannelPicker, model_channels, refresh_choices
 from .widgets.job_panel import JobPanel
 from .widgets.model_panel import ModelPanel
 from .widgets.slice_ranking import SliceRankingPanel
+from .widgets.training_data import fov_picker
 from .workers import segmentation
 
 MODE_TIPS = {
@@ -48,6 +51,17 @@ MODE_TIPS = {
 
 
 NO_IMAGE = "No image to segment: open an image (File > Open, or a napari-cvbm sample) and pick it."
+FOV_TIP = ("field of view (optional): a labels or image layer of the image's shape, non-zero inside; "
+           "everything outside is background in the results and is never suggested for correction")
+
+
+def class_shares(labels: np.ndarray, config) -> str:
+    """" (right ventricle 1.2%, myocardium 2.0%, ...)": each named class's share of the image; "" unnamed."""
+    names = config.class_names
+    if not names:
+        return ""
+    counts = np.bincount(labels.ravel(), minlength=len(names))
+    return " (" + ", ".join(f"{n} {100.0 * c / labels.size:.1f}%" for n, c in zip(names[1:], counts[1:])) + ")"
 
 
 class SegmentWidget(QWidget):
@@ -81,6 +95,8 @@ class SegmentWidget(QWidget):
         self._largest = CheckBox(text="keep largest component", value=False,
                                  tooltip="keep only the largest connected piece of each class (set from the "
                                          "model: on when that scored better on its validation data)")
+        self._fov = fov_picker(self.viewer)
+        self._fov.label, self._fov.tooltip = "Field of view", FOV_TIP
         self._segment_button = QPushButton("Segment")
         self._segment_button.clicked.connect(lambda: self.segment())
         self._compare_button = QPushButton("Compare fg/bg")
@@ -94,7 +110,7 @@ class SegmentWidget(QWidget):
         self.picker.margins = (9, 9, 9, 0)
         layout.addWidget(self.picker.native)
         layout.addWidget(self.model_panel)
-        layout.addWidget(Container(widgets=[self._mode, self._device, self._largest]).native)
+        layout.addWidget(Container(widgets=[self._mode, self._device, self._fov, self._largest]).native)
         layout.addLayout(buttons)
         layout.addWidget(JobPanel(self.status))
         self.ranking = SliceRankingPanel(self.viewer, self.runner.lifetime)
@@ -111,6 +127,7 @@ class SegmentWidget(QWidget):
     def reset_choices(self, *_):
         """Keep the image pickers in sync with the layer list (napari calls this on layer events)."""
         self.picker.refresh()
+        refresh_choices(self._fov)
 
     def load_checkpoint(self, path) -> Optional[str]:
         """Load a checkpoint into the shared model store and make it active; its name, or None."""
@@ -164,37 +181,38 @@ class SegmentWidget(QWidget):
                 raise CVBMInputError(NO_IMAGE)
             model, config = models.MODEL_STORE.get()
             image = self._read(layers, config)
+            valid = field_of_view(self._fov.value, layers[0])
         except CVBMInputError as error:
             self.runner.refuse(error)
             return None
         name, image_layer = models.MODEL_STORE.active, layers[0]
         worker = create_worker(
             segmentation, Predictor(model, config), image.array, spacing=image.spacing,
-            channels=image.channel_names, mode=self._mode.value, heads="all",
+            channels=image.channel_names, valid=valid, mode=self._mode.value, heads="all",
             device=self._device.value, largest_component=self._largest.value,
             progress=lambda fraction: self._progress_changed.emit(int(round(100 * fraction))),
             _start_thread=False, _ignore_errors=True)
-        run = (layers, model, name, time.perf_counter(), slices_apart(config, image.spacing))
+        run = (layers, model, name, time.perf_counter(), config, image.spacing)
         return self.runner.start(worker, f"CVBM: segmenting {image_layer.name}", 100, detail="",
                                  message=f"Segmenting '{image_layer.name}' with {name}…",
                                  on_result=partial(self._on_result, run), on_finished=self._on_finished)
 
     def _on_result(self, run, result):
-        layers, model, model_name, started, apart = run
+        layers, model, model_name, started, config, spacing = run
         image_layer = layers[0]  # the results lie on it (the channel layers are aligned with it)
         if image_layer not in self.viewer.layers:
             self.status.message = f"'{image_layer.name}' was closed before its segmentation finished."
             return
         comparing = self.compare.shown
         self.set_compare(False)  # compare mode follows the newest result
-        made = show_prediction(self.viewer, image_layer, result)
-        self.ranking.show_ranking(image_layer, made[SEGMENTATION], rank_slices(result, apart=apart))
+        made = show_prediction(self.viewer, image_layer, result, config.class_names)
+        self.ranking.show_ranking(image_layer, made[SEGMENTATION], suggestions(result, config, spacing))
         self._last_run = (layers, model)
         self.set_compare(comparing)
         share = 100.0 * np.count_nonzero(result.labels) / result.labels.size
         self.status.update(state=JobState.DONE, message=(
             f"Segmented '{image_layer.name}' with {model_name} ({result.mode} output) "
-            f"in {time.perf_counter() - started:.1f} s: {share:.1f}% foreground. "
+            f"in {time.perf_counter() - started:.1f} s: {share:.1f}% foreground{class_shares(result.labels, config)}. "
             "Edit the segmentation layer with napari's label tools; "
             "Compare fg/bg shows where the two views are unsure."))
 

@@ -1,4 +1,5 @@
-"""The shared model panel: which model is active, what it is, Load model… and Save model….
+"""The shared model panel: which model is active, what it is, Load model…, Save model… and
+Export bioimage.io… (a bioimage.io model package that other tools run, written in a worker thread).
 
 Both widgets show one; all of them read and write the session's ``MODEL_STORE``, so a model
 loaded or fine-tuned in one is the active model in the other.
@@ -8,10 +9,13 @@ from pathlib import Path
 from typing import Optional
 
 from magicgui.widgets import ComboBox, Container, Label
+from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QPushButton, QVBoxLayout, QWidget
 
+from ...core import bioimageio, bundled
 from ...core.errors import CVBMInputError
+from ...core.outputs import refuse_existing
 from .. import models
 from ..job_status import JobStatus
 
@@ -48,13 +52,19 @@ class ModelPanel(QWidget):
             form.margins = (9, 0, 9, 0)
             layout.addWidget(form.native)
         self.load_button, self.save_button = QPushButton("Load model…"), QPushButton("Save model…")
-        self.load_button.setToolTip("load a model saved by `cvbm train` or this plugin (.pt)")
+        self.load_button.setToolTip("load a model saved by `cvbm train` or this plugin (.pt), or a bioimage.io "
+                                    "package exported by napari-cvbm (.zip)")
         self.save_button.setToolTip("write the active model as a checkpoint that `cvbm predict` reads")
         self.load_button.clicked.connect(self._load_dialog)
         self.save_button.clicked.connect(self._save_dialog)
+        self.export_button = QPushButton("Export bioimage.io…")
+        self.export_button.setToolTip("write the active model as a bioimage.io model package (.zip) that other "
+                                      "tools run (bioimageio.core, ilastik, deepImageJ) and this plugin loads")
+        self.export_button.clicked.connect(self._export_dialog)
         buttons = QHBoxLayout()
         buttons.addWidget(self.load_button)
         buttons.addWidget(self.save_button)
+        buttons.addWidget(self.export_button)
         layout.addLayout(buttons)
         self.refresh()
 
@@ -65,7 +75,7 @@ class ModelPanel(QWidget):
             self.choice.choices = store.names()
             self.choice.value = store.active
         try:
-            self.info.value = describe_model(*store.get())
+            self.info.value = "\n".join(filter(None, [describe_model(*store.get()), store.details()]))
         except CVBMInputError as error:
             self.info.value = f"not available: {error}"
 
@@ -95,6 +105,38 @@ class ModelPanel(QWidget):
         self.status.message = f"Saved '{models.MODEL_STORE.active}' to {out}"
         return out
 
+    def export_package(self, path, overwrite: bool = False):
+        """Write the active model as a bioimage.io package (.zip) in a worker thread (tracing it and its
+        test tensors take seconds); the worker, or None (and a notification) when refused at once.
+
+        An existing file is refused unless ``overwrite`` (the export dialog has asked the user)."""
+        store = models.MODEL_STORE
+        name = store.active
+        try:
+            refuse_existing(path, overwrite)
+            model, config = store.get()
+            card = bundled.card(name) if store.is_bundled(name) else None
+        except CVBMInputError as exc:
+            show_error(f"could not export the model: {exc}")
+            return None
+        worker = create_worker(bioimageio.export_package, model, config, path, name=bioimageio.package_name(name),
+                               card=card, overwrite=overwrite, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(lambda out: setattr(
+            self.status, "message", f"Exported '{name}' as a bioimage.io model package to {out}"))
+        worker.errored.connect(lambda exc: show_error(f"could not export the model: {exc}"))
+        worker.finished.connect(lambda: self.export_button.setEnabled(True))
+        self.export_button.setEnabled(False)
+        self.status.message = f"Exporting '{name}' as a bioimage.io model package…"
+        worker.start()
+        return worker
+
+    def _export_dialog(self):
+        path, _ = QFileDialog.getSaveFileName(self, "Export bioimage.io model package", "cvbm_model.zip",
+                                              "bioimage.io model package (*.zip)")
+        if path:  # Qt asked before replacing the file picked, not one renamed here with .zip
+            target = path if Path(path).suffix else path + ".zip"
+            self.export_package(target, overwrite=target == path)
+
     def _save_dialog(self):
         path, _ = QFileDialog.getSaveFileName(self, "Save model", "cvbm_model.pt", "CVBM model (*.pt)")
         if path:  # Qt asked before replacing the file picked, not one renamed here with .pt
@@ -103,6 +145,6 @@ class ModelPanel(QWidget):
 
     def _load_dialog(self):
         path, _ = QFileDialog.getOpenFileName(self, "Load model", "",
-                                              "CVBM model (*.pt *.pth);;All files (*)")
+                                              "CVBM model (*.pt *.pth *.zip);;All files (*)")
         if path:
             self.load_model(path)

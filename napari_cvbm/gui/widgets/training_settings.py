@@ -192,8 +192,8 @@ class TrainingSettingsPanel(QWidget):
         if not self.from_active:
             return {}
         config = models.MODEL_STORE.get()[1]
-        return planning.fine_tune_overrides(config) if self.planned else {**config.architecture(),
-                                                                           **config.model_input()}
+        keeps = planning.fine_tune_overrides(config)
+        return keeps if self.planned else {**keeps, **config.model_input()}
 
     def on_model_changed(self, *_):
         """Name the active model in the start-from choice and show what it fixes."""
