@@ -241,7 +241,7 @@ def test_photo_with_a_field_of_view_lists_regions_to_correct(viewer_widget, qtbo
     assert panel.list.item(0).text().startswith("rows 0-256, columns 0-256 · uncertainty ")
     assert all(float(panel.list.item(i).text().rsplit(" ", 1)[1]) == 0 for i in range(1, 6))
     panel.jump(listed[3])
-    np.testing.assert_allclose(viewer.camera.center[-2:], np.array([listed[3].y0 + listed[3].y1,
+    np.testing.assert_allclose(viewer.scene.camera.center[-2:], np.array([listed[3].y0 + listed[3].y1,
                                                                     listed[3].x0 + listed[3].x1]) / 4)
     segmentation.data[100, 100] = 1 - segmentation.data[100, 100]  # a correction in the first region
     segmentation.refresh()

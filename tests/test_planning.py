@@ -71,7 +71,8 @@ def test_step_counts_follow_the_budget_and_user_settings_win(fixed_step):
     assert native.spacing is None and native.patch_size == plan.config.patch_size
 
 
-def test_validation_time_comes_out_of_the_budget(fixed_step):
+def test_validation_time_comes_out_of_the_budget(fixed_step, monkeypatch):
+    monkeypatch.setattr(planning, "inference_window_seconds", lambda *args: 0.1)  # a window's forward pass
     case = box_case("c", (48, 64, 64), (1.0,) * 3, (20, 30, 30))
     alone = planning.plan([case], budget_s=600)
     few = planning.plan([case], budget_s=600, validation=[case])

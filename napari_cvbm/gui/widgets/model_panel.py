@@ -59,7 +59,7 @@ class ModelPanel(QWidget):
         self.save_button.clicked.connect(self._save_dialog)
         self.export_button = QPushButton("Export bioimage.io…")
         self.export_button.setToolTip("write the active model as a bioimage.io model package (.zip) that other "
-                                      "tools run (bioimageio.core, ilastik, deepImageJ) and this plugin loads")
+                                      "bioimage.io tools can run and this plugin loads")
         self.export_button.clicked.connect(self._export_dialog)
         buttons = QHBoxLayout()
         buttons.addWidget(self.load_button)

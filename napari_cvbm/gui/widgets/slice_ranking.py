@@ -132,8 +132,8 @@ class SliceRankingPanel(QWidget):
         if isinstance(z, Region):
             corners = seg.data_to_world([z.y0, z.x0]), seg.data_to_world([z.y1, z.x1])
             size = np.abs(np.subtract(*corners))
-            self.viewer.camera.center = tuple(np.add(*corners) / 2)
-            self.viewer.camera.zoom = REGION_MARGIN * float(np.min(np.asarray(self.viewer.canvas.size) / size))
+            self.viewer.scene.camera.center = tuple(np.add(*corners) / 2)
+            self.viewer.scene.camera.zoom = REGION_MARGIN * float(np.min(np.asarray(self.viewer.canvas.size) / size))
         elif seg.ndim >= 3:
             axis = self.viewer.dims.ndim - seg.ndim  # the world axis of the layer's axis 0
             position = [int(z)] + [0] * (seg.ndim - 1)
