@@ -81,7 +81,7 @@ def inference_window_seconds(model: torch.nn.Module, batch_shape: Tuple[int, ...
 
     forward()  # the first no-gradient calls of a process set up their kernels: not timed
     forward()
-    return min(seconds_per_call(forward, device, repeats=1) for _ in range(3)) / batch_shape[0]
+    return min(seconds_per_call(forward, device, repeats=1, warmup=0) for _ in range(3)) / batch_shape[0]
 
 
 def faster_layout(model: torch.nn.Module, batch_shape: Tuple[int, ...], device: torch.device,

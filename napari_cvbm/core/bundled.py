@@ -127,12 +127,8 @@ def holdout_dice(values: Mapping) -> Tuple[str, Optional[float]]:
     return what, (holdout.get("dice") or {}).get(HEADLINE_VIEW)
 
 
-def dice_text(name: str) -> str:
-    """E.g. "hold-out Dice 0.81 (20 cases)"; "" when the card has no figure."""
-    return _dice_text(card(name))
-
-
-def _dice_text(values: Mapping) -> str:
+def dice_text(values: Mapping) -> str:
+    """E.g. "hold-out Dice 0.81 (20 cases)" of a card (:func:`card`); "" when it has no figure."""
     what, dice = holdout_dice(values)
     if dice is None:
         return ""
@@ -145,7 +141,7 @@ def describe(name: str) -> str:
     left ventricle, hold-out Dice 0.81 (20 cases)"."""
     values = card(name)
     parts = [values["modality"] or values["title"], f"{values['dim']}D", class_list(values["classes"]),
-             _dice_text(values) or "no hold-out figure"]
+             dice_text(values) or "no hold-out figure"]
     return f"{name}: " + ", ".join(p for p in parts if p)
 
 

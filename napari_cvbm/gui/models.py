@@ -86,7 +86,7 @@ class ModelStore:
         if self.is_bundled(name):
             card = bundled.card(name)
             classes = classes or card["classes"]
-            parts.append(bundled.dice_text(name))
+            parts.append(bundled.dice_text(card))
         if classes:
             parts.insert(0, "classes: " + bundled.class_list(classes))
         return "\n".join(p for p in parts if p)
