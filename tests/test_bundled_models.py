@@ -292,7 +292,8 @@ def test_segment_widget_lists_the_bundled_model_and_names_its_classes(viewer_wid
     widget.model_panel.choice.value = NAME
     assert store.active == NAME
     info = widget.model_panel.info.value
-    assert "2D U-Net" in info and "right ventricle / myocardium / left ventricle" in info
+    assert "2D U-Net, width 4, 4 classes, 1 channel, slice by slice (slices resized to 32×32)" in info
+    assert "right ventricle / myocardium / left ventricle" in info
     assert "hold-out Dice 0.81 (3 cases)" in info
     assert TrainingSettingsPanel().model_settings()["class_names"] == CLASSES  # Fine-tune starts from it
 
@@ -312,3 +313,33 @@ def test_segment_widget_lists_the_bundled_model_and_names_its_classes(viewer_wid
     assert widget.load_checkpoint(plain) == "file: plain.pt"  # segments the image again
     qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
     assert seg in viewer.layers and seg.features.shape[1] == 0 and "cvbm_class_names" not in seg.metadata
+
+
+def test_every_shipped_model_is_the_file_its_card_describes():
+    """The models in napari_cvbm/models/ as they ship: each loads through the checked path, and its
+    card says what its config holds (dimension, classes, channels, input) and names its hold-out."""
+    shipped = bundled.names()
+    assert set(bundled.PLANNED) <= set(shipped)
+    for name in shipped:
+        card = bundled.card(name)
+        model, config = bundled.load(name)
+        assert config.dim == card["dim"] and list(config.class_names) == card["classes"], name
+        assert config.num_classes == len(card["classes"]) == model.num_classes, name
+        assert model.in_channels == config.in_channels == card["channels"]["count"], name
+        assert list(config.channel_names or []) == card["channels"]["names"], name
+        assert list(config.patch_size) == card["input"]["patch_size"], name
+        assert card["holdout"]["cases"] == len(card["holdout"]["case_names"]) > 0, name
+        assert 0 < card["holdout"]["dice"][bundled.HEADLINE_VIEW] <= 1, name
+
+
+def test_the_model_line_says_its_channels_and_input():
+    from napari_cvbm.gui.widgets.model_panel import describe_model
+
+    rgb = preset("cpu", 2, in_channels=3, channel_names=("red", "green", "blue"), patch_size=(128, 128),
+                 slice_size=None, num_classes=2)
+    assert describe_model(build_model(rgb), rgb).endswith(
+        "2 classes, 3 channels (red, green, blue), 128×128 windows at the image's resolution")
+    mri = preset("cpu", 3, spacing=(1.25, 1.25, 2.5))
+    assert describe_model(build_model(mri), mri).endswith("1 channel, at 1.25×1.25×2.5 mm")
+    native = preset("cpu", 3)
+    assert describe_model(build_model(native), native).endswith("1 channel, at each image's own spacing")

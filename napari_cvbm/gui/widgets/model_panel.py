@@ -11,7 +11,7 @@ from typing import Optional
 from magicgui.widgets import ComboBox, Container, Label
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QPushButton, QSizePolicy, QVBoxLayout, QWidget
 
 from ...core import bioimageio, bundled
 from ...core.errors import CVBMInputError
@@ -21,13 +21,20 @@ from ..job_status import JobStatus
 
 
 def describe_model(model, config) -> str:
-    """One line for the user, e.g. "3D V-Net, width 6, 2 classes"."""
+    """One line for the user, e.g. "2D U-Net, width 16, 2 classes, 3 channels (red, green, blue),
+    128×128 windows at the image's resolution"."""
+    dim = "3D V-Net" if config.dim == 3 else "2D U-Net"
+    channels = f"{config.in_channels} channel{'s' if config.in_channels > 1 else ''}"
+    if config.channel_names:
+        channels += f" ({', '.join(config.channel_names)})"
+    text = f"{dim}, width {config.width}, {config.num_classes} classes, {channels}"
     if config.dim == 3:
-        text = f"3D V-Net, width {config.width}, {config.num_classes} classes"
+        text += (", at {}×{}×{} mm".format(*(f"{s:g}" for s in config.spacing)) if config.spacing
+                 else ", at each image's own spacing")
+    elif config.slice_size:
+        text += ", slice by slice (slices resized to {}×{})".format(*config.slice_size)
     else:
-        text = f"2D U-Net, width {config.width}, {config.num_classes} classes, slice by slice"
-        if config.slice_size:
-            text += " (slices resized to {}×{})".format(*config.slice_size)
+        text += ", {}×{} windows at the image's resolution".format(*config.patch_size)
     if not getattr(model, "background_branch", True):
         text += "; no background branch: fg output only"
     return text
@@ -47,6 +54,8 @@ class ModelPanel(QWidget):
         self.choice = ComboBox(label="Model", choices=models.MODEL_STORE.names())
         self.choice.changed.connect(self._picked)
         self.info = Label(label="")
+        self.info.native.setWordWrap(True)  # a long model line wraps to the dock's width, never widens it
+        self.info.native.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
         if picker:
             form = Container(widgets=[self.choice, self.info])
             form.margins = (9, 0, 9, 0)
