@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import STEP_S
+from conftest import STEP_S, blob_volume
 from napari.utils.task_status import TaskStatusManager
 from qtpy.QtCore import QThreadPool, QTimer
 from qtpy.QtWidgets import QFileDialog
@@ -16,12 +16,14 @@ from napari_cvbm.core import planning
 from napari_cvbm.core.annotation import annotated_mask
 from napari_cvbm.core.checkpoint import build_model, load_model
 from napari_cvbm.core.config import preset
-from napari_cvbm.core.data import Case
+from napari_cvbm.core.data import Case, load_cases
 from napari_cvbm.core.errors import CVBMNotice
+from napari_cvbm.core.holdout import split_corrections
 from napari_cvbm.core.inference import predict
 from napari_cvbm.core.io import read_image, read_labels
 from napari_cvbm.core.training import TrainingRun
-from napari_cvbm.gui.finetune import FineTuneWidget
+from napari_cvbm.gui import finetune
+from napari_cvbm.gui.finetune import FOLDERS_PLANNED_AT_START, PLAN_DELAY_MS, FineTuneWidget
 from napari_cvbm.gui.widgets.training_settings import PLANNED, PRESETS, START_ACTIVE, START_NEW_2D, START_NEW_3D
 from napari_cvbm.synthetic import SAMPLE_DATA
 
@@ -321,12 +323,13 @@ def test_folders_on_disk(make_napari_viewer, store, qtbot, notes):
     tiny(widget, 1, 1)
     widget.start()
     qtbot.waitUntil(lambda: not widget.running, timeout=LONG_MS)
-    assert [c.name for c in widget.run.labeled.cases] == ["case_001", "case_002", "case_003"]
-    assert len(widget.run.unlabeled.cases) == 8 and store.active == "fine-tuned 1"
+    run = widget.run
+    names = sorted(c.name for c in run.labeled.cases + run.validation)
+    assert names == ["case_001", "case_002", "case_003"] and len(run.validation) == 1  # one image held out
+    assert len(run.unlabeled.cases) == 8 and run.phase == "done"
 
     widget.data.folders["labels"].setText(str(SAMPLE / "nowhere"))
-    widget.start()
-    qtbot.waitUntil(lambda: not widget.running, timeout=LONG_MS)
+    assert widget.start() is None  # refused before anything starts
     assert "nowhere" in notes[-1] and widget.status.message.startswith("Not trained")
 
 
@@ -549,11 +552,11 @@ def test_plan_line_is_planned_from_the_data_in_a_worker(viewer, store, sample, q
     plan_shown(widget, qtbot, "about 5 min on cpu")
     assert budgets and set(budgets) == {300.0}
 
-    # nothing to plan from: the line says what is missing; folder runs are not planned
+    # nothing to plan from: the line says what is missing; folders are planned when they are read
     viewer.layers.remove("case_001 segmentation")
     qtbot.waitUntil(lambda: settings.plan_line.text().startswith("Plan: no labeled data: add a labeled pair"))
     widget.data.source.setCurrentText("Folders on disk")
-    qtbot.waitUntil(lambda: "folder runs are not planned; they use the cpu preset" in settings.plan_line.text())
+    qtbot.waitUntil(lambda: settings.plan_line.text() == FOLDERS_PLANNED_AT_START)
 
 
 def test_edited_fields_win_over_the_plan(viewer, store, sample, qtbot):
@@ -628,3 +631,142 @@ def test_a_planned_run_trains_with_the_plan(blob_data, store, qtbot):
     assert (config.spacing, config.patch_size, config.pretrain_iterations) == ((4.0, 2.0, 2.0), (32, 32, 32), 2)
     plan_shown(widget, qtbot, "4×2×2 mm voxels (images ×0.50), patches 32×32×32")
     assert widget.status.total == bar.total == 3 and any("for 3 steps on 1 labeled" in m for m in messages)
+
+
+# -- folders on disk: planned, held out and checked as layers are ------------------------------------
+def write_nifti(path, array):
+    """Write a (z, y, x) or (volumes, z, y, x) array as NIfTI (x, y, z[, volumes]), 1 mm voxels."""
+    import nibabel as nib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(np.transpose(array)), np.eye(4)), str(path))
+
+
+def blob_folders(root, labeled=3, unlabeled=0, volumes=1, fov=False):
+    """Folders of small blob volumes under ``root``: images/ and labels/ (case0, case1...), unlabeled/
+    (more0...), each image 4D of ``volumes`` volumes when more than one, and fov/ masks (the middle
+    rows of every image) when ``fov``."""
+    shape = (16, 32, 32)
+    names = [("images", f"case{i}", i) for i in range(labeled)] + [("unlabeled", f"more{i}", 10 + i)
+                                                                  for i in range(unlabeled)]
+    for folder, name, seed in names:
+        image, label = blob_volume(seed, shape=shape)
+        if volumes > 1:
+            image = np.stack([image * (v + 1) for v in range(volumes)])
+        write_nifti(root / folder / f"{name}.nii.gz", image.astype(np.float32))
+        if folder == "images":
+            write_nifti(root / "labels" / f"{name}.nii.gz", label.astype(np.uint8))
+        if fov:
+            mask = np.zeros(shape, np.uint8)
+            mask[:, 6:-6] = 1
+            write_nifti(root / "fov" / f"{name}.nii.gz", mask)
+    return root
+
+
+def folder_widget(make_napari_viewer, root) -> FineTuneWidget:
+    """The widget on the folders under ``root``, training a small new 3D network."""
+    widget = dock(make_napari_viewer())
+    widget.data.source.setCurrentText("Folders on disk")
+    for key, field in widget.data.folders.items():
+        if (root / key).is_dir():
+            field.setText(str(root / key))
+    widget.settings.start_from.value = START_NEW_3D
+    widget.settings.fields["width"].value = 4
+    widget.settings.fields["patch_size"].value = "16, 32, 32"
+    return widget
+
+
+def test_a_folder_run_is_planned_and_checked_on_a_held_out_image(make_napari_viewer, store, qtbot, monkeypatch,
+                                                                 tmp_path):
+    monkeypatch.setattr(planning, "_step_seconds", lambda config, device: 30.0)  # 1 min: the fewest steps
+    root = blob_folders(tmp_path)
+    widget = folder_widget(make_napari_viewer, root)
+    settings, line = widget.settings, widget.settings.plan_line
+    settings.budget.value = 1
+    qtbot.waitUntil(lambda: line.text() == FOLDERS_PLANNED_AT_START)
+    messages = []
+    widget.status.events.message.connect(messages.append)
+    assert widget.start() is not None and "(reading the folders first)" in widget.status.message
+    qtbot.waitUntil(lambda: not widget.running, timeout=LONG_MS)
+
+    cases = load_cases(root / "images", root / "labels")
+    expected = planning.plan(cases, [], settings.device(), 60.0, {**settings.overrides(), "num_classes": 2})
+    held = split_corrections(cases, seed=settings.fields["seed"].value)
+    assert held.summary().startswith("image 'case")
+    assert any(f"planning the run first) on 3 labeled + 0 unlabeled images, checked on held-out "
+               f"{held.summary()}…" in m for m in messages)
+    run, config = widget.run, widget.run.config
+    assert [c.name for c in run.validation] == [c.name for c in held.held_out] and len(run.labeled.cases) == 2
+    assert run.initial_dice is not None and run.final_dice is not None
+    assert f"before {run.initial_dice:.2f}, after {run.final_dice:.2f}" in widget.status.message
+    assert (config.pretrain_iterations, config.selftrain_iterations) == (10, 20) == \
+        (expected.config.pretrain_iterations, expected.config.selftrain_iterations)
+    assert (config.spacing, config.patch_size, widget.status.total) == (expected.config.spacing, (16, 32, 32), 30)
+    assert line.text() == f"Plan: {expected.describe()}"
+    qtbot.wait(PLAN_DELAY_MS + 200)  # planned again once the run ended: the folders' plan stays
+    assert line.text() == f"Plan: {expected.describe()}"
+
+    # started again on the same folders and settings: the plan shown is the one that runs
+    messages.clear()
+    widget.start()
+    qtbot.waitUntil(lambda: any("for 30 steps on 3 labeled" in m for m in messages), timeout=LONG_MS)
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.running, timeout=LONG_MS)
+    assert not any("planning the run first" in m for m in messages)
+
+
+def test_folders_of_4d_images_train_on_all_their_volumes_or_the_first(make_napari_viewer, store, qtbot,
+                                                                     monkeypatch, tmp_path):
+    monkeypatch.setattr(finetune, "got_worse", lambda before, after: False)  # the channels are tested here
+    widget = folder_widget(make_napari_viewer, blob_folders(tmp_path, labeled=1, volumes=2))
+    tiny(widget, 1, 1)
+    widget.data.volumes.setCurrentText("all volumes as channels")
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.running, timeout=LONG_MS)
+    model, config = store.get()
+    assert store.active == "fine-tuned 1" and (config.in_channels, config.channel_names) == (2, ("0", "1"))
+    assert model.in_channels == 2
+
+    widget.data.volumes.setCurrentText("first volume")
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.running, timeout=LONG_MS)
+    model, config = store.get()
+    assert store.active == "fine-tuned 2" and (config.in_channels, model.in_channels) == (1, 1)
+
+
+def test_field_of_view_masks_from_a_folder_bound_the_run(make_napari_viewer, store, qtbot, tmp_path):
+    widget = folder_widget(make_napari_viewer, blob_folders(tmp_path, labeled=1, unlabeled=1, fov=True))
+    tiny(widget, 1, 1)
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.running, timeout=LONG_MS)
+    run = widget.run
+    cases = run.labeled.cases + run.validation + run.unlabeled.cases
+    assert [c.name for c in cases] == ["case0", "case0", "more0"]
+    assert all(c.valid is not None and 0.5 < c.valid.mean() < 0.8 for c in cases)  # 20 of 32 rows inside
+
+
+def test_a_folder_with_a_missing_label_file_starts_nothing(make_napari_viewer, store, notes, tmp_path):
+    root = blob_folders(tmp_path)
+    (root / "labels" / "case2.nii.gz").unlink()
+    widget = folder_widget(make_napari_viewer, root)
+    previous = store.active
+    assert widget.start() is None
+    message = f"No label in {root / 'labels'} for 1 image(s): 'case2'"
+    assert notes[-1] == message and widget.status.message == f"Not trained: {message}"
+    assert widget.run is None and not widget.running and store.active == previous
+    assert widget.data.folders["labels"].text() == str(root / "labels")  # nothing typed is lost
+
+
+def test_first_volume_of_folders_keeps_a_photographs_colour(tmp_path):
+    from PIL import Image
+
+    from napari_cvbm.core.channels import RGB
+    from napari_cvbm.gui.workers import Folders
+
+    rng = np.random.default_rng(0)
+    for folder in ("images", "labels"):
+        (tmp_path / folder).mkdir()
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "images" / "eye.png")
+    Image.fromarray(np.eye(32, dtype=np.uint8)).save(tmp_path / "labels" / "eye.png")
+    (case,), unlabeled = Folders(str(tmp_path / "images"), str(tmp_path / "labels")).read()
+    assert case.channel_names == RGB and case.image.shape == (3, 32, 32) and unlabeled == []

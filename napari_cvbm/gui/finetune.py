@@ -6,22 +6,22 @@ loss plot, and the shared model panel. The job's one source of truth is a
 updates that this widget applies to it on the GUI thread. Cancel stops the run at the next step and
 keeps the active model.
 
-With the planned entry the run is planned from the layers (``core.planning``, as ``cvbm train``
-does): a worker plans it shortly after the data or the settings change (a newer request supersedes
-an older one) and the settings panel shows the plan. Start trains with that plan, or plans again in
-its worker when the plan shown is not the one for the data and settings at that moment. Folder
-runs are not planned: they use the preset the plan starts from and the Advanced form.
+With the planned entry the run is planned from the data (``core.planning``, as ``cvbm train``
+does). From layers, a worker plans it shortly after the data or the settings change (a newer request
+supersedes an older one) and the settings panel shows the plan; Start trains with that plan, or
+plans again in its worker when the plan shown is not the one for the data and settings at that
+moment. Folders are read when fine-tuning starts, in the worker, which then plans the run and shows
+the plan (kept while the folders and settings stay as they were).
 
-Part of the user's corrections is held out (``core.holdout``, spec 6): the run validates on it
-about ten times, keeps its best model and is judged by it. A finished run's model joins
-``MODEL_STORE`` as the active model unless its held-out Dice is below the starting model's
-(``core.holdout.got_worse``).
+Layers and folders are prepared by the same ``workers.prepare_run``: part of the user's labels is
+held out (``core.holdout``, spec 6); the run validates on it about ten times, keeps its best model
+and is judged by it. A finished run's model joins ``MODEL_STORE`` as the active model unless its
+held-out Dice is below the starting model's (``core.holdout.got_worse``).
 """
 
-import dataclasses
 import itertools
 from functools import partial
-from typing import Callable, NamedTuple, Optional, Tuple
+from typing import Optional, Tuple, Union
 
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_info
@@ -29,12 +29,10 @@ from napari.utils.theme import get_theme
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QHBoxLayout, QPushButton, QVBoxLayout, QWidget
 
-from ..core.channels import check_channels
-from ..core.classes import infer_num_classes, interpret_labels
 from ..core.config import TrainConfig
 from ..core.errors import CVBMInputError
-from ..core.holdout import Holdout, got_worse, split_corrections
-from ..core.planning import Plan, fingerprint
+from ..core.holdout import got_worse
+from ..core.planning import Plan
 from ..core.training import PHASE_NAMES, ProgressEvent, TrainingRun
 from . import models
 from .job_status import JobState, TrainingStatus
@@ -44,45 +42,39 @@ from .widgets.model_panel import ModelPanel
 from .widgets.training_data import TrainingDataPanel
 from .widgets.training_progress import TrainingProgressPanel
 from .widgets.training_settings import TrainingSettingsPanel
-from .workers import Planned, RunReady, input_channels, planned, run_from_arrays, run_from_folders, training_updates
+from .workers import (
+    DataRead,
+    FolderRun,
+    Folders,
+    PlanInputs,
+    Planned,
+    Prepared,
+    RunReady,
+    RunSettings,
+    planned,
+    prepare_run,
+    training_updates,
+)
 
 PLAN_DELAY_MS = 400  # plan once the data and settings have not changed for this long
-FOLDERS_NOT_PLANNED = "Plan: folder runs are not planned; they use the {} preset and the Advanced settings."
+FOLDERS_PLANNED_AT_START = "Plan: made when fine-tuning starts (the folders are read then)."
 
 
 def describe_event(event: ProgressEvent) -> str:
     return f"{PHASE_NAMES[event.phase].capitalize()} {event.iteration}/{event.total}"
 
 
-def run_message(model: str, data: str, checked: str, total: Optional[int]) -> str:
-    """What the status says a starting run does (``total`` None: its plan is still being made)."""
-    steps = f" for {total} steps" if total is not None else " (planning the run first)"
+def run_message(model: str, data: str, checked: str, total: Optional[int], first: str = "planning the run") -> str:
+    """What the status says a starting run does (``total`` None: it is ``first`` doing something)."""
+    steps = f" for {total} steps" if total is not None else f" ({first} first)"
     return f"{model}{steps} on {data}{checked}…"
 
 
-class Prepared(NamedTuple):
-    """A run's snapshot taken at Start: how to build it from its config, the config (None: ``planner``
-    makes it in the worker), the data in words and, from layers, the held-out split."""
-
-    build: Callable[[TrainConfig], TrainingRun]
-    config: Optional[TrainConfig]
-    planner: Optional[Callable[[], Plan]]
-    data: str
-    split: Optional[Holdout]
-
-
-class PlanInputs(NamedTuple):
-    """What a plan is made from: the cases (images may be stand-ins of their shape) and the settings."""
-
-    labeled: list
-    unlabeled: list
-    device: object
-    budget_s: float
-    overrides: dict
-
-    def settings(self) -> tuple:
-        """What the plan depends on besides the data."""
-        return self.device, self.budget_s, self.overrides
+def model_words(active: Optional[str], dim: int, config: Optional[TrainConfig]) -> str:
+    """The model a run trains: the active one, named ``active``, or a new network (of ``config``, if known)."""
+    if active is not None:
+        return f"Fine-tuning '{active}'"
+    return f"Training a new {dim}D network" + (f" (width {config.width})" if config is not None else "")
 
 
 def before_after(before: float, after: float) -> str:
@@ -118,7 +110,9 @@ class FineTuneWidget(QWidget):
         layout.addStretch(1)
         self.status.events.state.connect(self._show_state)
         self.runner.lifetime.connect(models.MODEL_STORE.changed, self.settings.on_model_changed)
-        self._plan: Optional[Tuple[tuple, Plan]] = None  # (the settings it was made with, the plan shown)
+        # the plan shown: (its data, None for the layers, or the Folders; the settings it was made with; the plan)
+        self._plan: Optional[Tuple[Optional[Folders], tuple, Plan]] = None
+        self._run_plan_key: Tuple[Optional[Folders], Optional[tuple]] = (None, None)  # the started run's
         self._plan_request = 0  # the latest request; results of earlier ones are dropped
         self._planning = Connections()  # to the planning worker in flight
         self.destroyed.connect(self._planning.close)
@@ -161,11 +155,15 @@ class FineTuneWidget(QWidget):
         if not self.settings.planned or self.status.running:
             return None
         line = self.settings.plan_line
-        if self.data.from_folders:
-            line.setText(FOLDERS_NOT_PLANNED.format(self.settings.preset_name()))
-            return None
         try:
-            inputs = self._plan_inputs(*self.data.plan_snapshot())
+            if self.data.from_folders:  # planned when they are read: the plan made for them, if still valid
+                key = (self.data.typed_folders(), self._plan_settings())
+                if self._plan is not None and self._plan[:2] == key:
+                    self.settings.show_plan(self._plan[2])
+                else:
+                    line.setText(FOLDERS_PLANNED_AT_START)
+                return None
+            inputs = PlanInputs(*self.data.plan_snapshot(), *self._plan_settings())
         except CVBMInputError as exc:
             line.setText(f"Plan: {exc}")
             return None
@@ -177,31 +175,24 @@ class FineTuneWidget(QWidget):
         worker.start()
         return worker
 
-    def _plan_inputs(self, labeled, unlabeled) -> PlanInputs:
-        """The plan's inputs for layer snapshots (see ``TrainingDataPanel.snapshot``)."""
+    def _plan_settings(self) -> tuple:
+        """What a plan depends on besides the data (``PlanInputs.settings``); bad settings raise CVBMInputError."""
         settings = self.settings
-        return PlanInputs(list(labeled), list(unlabeled), settings.device(), settings.budget_s(), settings.overrides())
+        return settings.device(), settings.budget_s(), settings.overrides()
 
     def _planned(self, request: int, settings: tuple, plan: Plan):
         if request == self._plan_request:
-            self._plan = (settings, plan)
+            self._plan = (None, settings, plan)
             self.settings.show_plan(plan)
 
     def _plan_failed(self, request: int, error: Exception):
         if request == self._plan_request:
             self.settings.plan_line.setText(f"Plan: {failure_message(error, 'planning')}")
 
-    def _shown_plan(self, inputs: PlanInputs) -> Optional[Plan]:
-        """The plan shown, if it was made from these inputs."""
-        if self._plan is None:
-            return None
-        settings, plan = self._plan
-        fresh = settings == inputs.settings() and plan.fingerprint == fingerprint(inputs.labeled, inputs.unlabeled)
-        return plan if fresh else None
-
     # -- starting and stopping ----------------------------------------------------------------------
     def start(self):
-        """Snapshot the inputs and start fine-tuning in a worker; returns the worker (None if refused)."""
+        """Snapshot the inputs and start fine-tuning in a worker; returns the worker (None if refused).
+        A run on layers is prepared here, one on folders in the worker once it has read them."""
         if not self.runner.idle():
             return None
         try:
@@ -209,25 +200,19 @@ class FineTuneWidget(QWidget):
         except CVBMInputError as exc:
             self.runner.refuse(exc)
             return None
-        config, split = prepared.config, prepared.split
         self._plan_request += 1  # a plan in flight now comes too late
-        pretrain = 0 if config is None else config.pretrain_iterations
-        total = 0 if config is None else pretrain + config.selftrain_iterations
-        held_out = split.summary() if split else ""
-        self.status.update(pretrain=pretrain, run=None, last_event=None, history=[],
-                           held_out=held_out, no_held_out=split.reason if split else "",
+        self.status.update(pretrain=0, run=None, last_event=None, history=[], held_out="", no_held_out="",
                            initial_dice=None, held_out_dice=None)
-        model = (f"Fine-tuning '{models.MODEL_STORE.active}'" if self.settings.from_active
-                 else f"Training a new {self.settings.dim()}D network"
-                 + (f" (width {config.width})" if config is not None else ""))
-        checked = (f", checked on held-out {held_out}" if held_out else
-                   f" (nothing held out to check it: {split.reason})" if split else "")
-        self._run_message = partial(run_message, model, prepared.data, checked)
-        worker = create_worker(training_updates, prepared.build, config, prepared.planner,
-                               _start_thread=False, _ignore_errors=True)
-        return self.runner.start(worker, "CVBM fine-tune", total, detail="Preparing the training data…",
-                                 message=self._run_message(None if config is None else total),
-                                 on_update=self._on_update, on_finished=self._on_finished)
+        self._model = partial(model_words, models.MODEL_STORE.active if self.settings.from_active else None,
+                              self.settings.dim())
+        if isinstance(prepared, Prepared):
+            total, message = self._show_prepared(prepared)
+        else:
+            total, message = None, run_message(self._model(None), f"the images in {prepared.folders.images}", "",
+                                               None, "reading the folders")
+        worker = create_worker(training_updates, prepared, _start_thread=False, _ignore_errors=True)
+        return self.runner.start(worker, "CVBM fine-tune", total or 0, detail="Preparing the training data…",
+                                 message=message, on_update=self._on_update, on_finished=self._on_finished)
 
     def cancel(self):
         """Stop the running fine-tune at the next step; the active model stays as it is."""
@@ -239,43 +224,43 @@ class FineTuneWidget(QWidget):
         event = self.status.last_event
         return "the start" if event is None else describe_event(event)
 
-    def _prepare(self) -> Prepared:
-        """Copy everything the run needs now (later edits change nothing): how to build the run, its
-        config or how to plan it, a description of the data and, from layers, the held-out split."""
+    def _prepare(self) -> Union[Prepared, FolderRun]:
+        """Copy everything the run needs now (later edits change nothing): from layers the prepared run
+        (``workers.prepare_run``), from folders (checked by name) what the worker prepares it from."""
+        folders = self.data.chosen_folders() if self.data.from_folders else None
         settings = self.settings
-        if self.data.from_folders:
-            folders = self.data.chosen_folders()
-            config, weights = settings.training_config()
-            return Prepared(partial(run_from_folders, folders, weights=weights), config, None,
-                            f"the images in {folders['images']}", None)
-        labeled, unlabeled = self.data.snapshot()
-        active = settings.active_config() if settings.from_active else None
-        given = None if active is None else active.num_classes
-        labels = interpret_labels({case.name: case.label for case in labeled}, given, what="labels layer")
-        labeled = [dataclasses.replace(case, label=labels[case.name]) for case in labeled]
-        num_classes = infer_num_classes(labels.values(), given)
-        _check_model_fits(num_classes, settings.dim(), labeled, unlabeled, active)
-        config, planner = None, None
-        if settings.planned:
-            inputs = self._plan_inputs(labeled, unlabeled)
-            shown = self._shown_plan(inputs)
-            if shown is not None:
-                config = dataclasses.replace(shown.config, num_classes=num_classes)
-            else:
-                planner = partial(planned, *inputs._replace(overrides={**inputs.overrides, "num_classes": num_classes}))
-            weights = settings.weights()
-        else:
-            config, weights = settings.training_config(num_classes)
-            if not settings.from_active:  # a preset's new network takes the images' channels
-                config = dataclasses.replace(config, **input_channels(labeled))
-        split = split_corrections(labeled, seed=settings.fields["seed"].value)
-        return Prepared(partial(run_from_arrays, split.train, unlabeled, weights=weights, validation=split.held_out),
-                        config, planner, f"{len(labeled)} labeled + {len(unlabeled)} unlabeled images", split)
+        planning = self._plan_settings() if settings.planned else None
+        config, weights = (None, settings.weights()) if planning else settings.training_config()
+        shown = self._plan[1:] if self._plan is not None and self._plan[0] == folders else None
+        run_settings = RunSettings(settings.dim(), settings.active_config() if settings.from_active else None,
+                                   weights, settings.fields["seed"].value, config, planning, shown)
+        self._run_plan_key = (folders, planning)
+        if folders is not None:
+            return FolderRun(folders, run_settings)
+        return prepare_run(*self.data.snapshot(), run_settings)
+
+    def _show_prepared(self, prepared: Prepared) -> Tuple[Optional[int], str]:
+        """Show what the prepared run holds out; its length (None: planned in the worker) and message."""
+        config, split = prepared.config, prepared.split
+        held_out = split.summary()
+        self.status.update(pretrain=0 if config is None else config.pretrain_iterations,
+                           held_out=held_out, no_held_out=split.reason)
+        checked = (f", checked on held-out {held_out}" if held_out
+                   else f" (nothing held out to check it: {split.reason})")
+        self._run_message = partial(run_message, self._model(config), prepared.data, checked)
+        total = None if config is None else config.pretrain_iterations + config.selftrain_iterations
+        return total, self._run_message(total)
 
     # -- updates from the worker (GUI thread) ---------------------------------------------------------
     def _on_update(self, update):
         status = self.status
+        if isinstance(update, DataRead):  # folders read in the worker: what is held out
+            total, message = self._show_prepared(update.prepared)
+            status.update(message=message, **({} if total is None else {"total": total}))
+            return
         if isinstance(update, Planned):  # planned in the worker: show what runs
+            folders, settings = self._run_plan_key
+            self._plan = (folders, settings, update.plan)
             self.settings.show_plan(update.plan)
             config = update.plan.config
             total = config.pretrain_iterations + config.selftrain_iterations
@@ -324,17 +309,3 @@ class FineTuneWidget(QWidget):
                               "Save model… writes it for `cvbm predict`.")
         show_info(f"CVBM fine-tune finished: '{name}' is now the active model")
 
-
-def _check_model_fits(num_classes: int, dim: int, labeled, unlabeled, active: Optional[TrainConfig]):
-    """Refuse cases that a network of ``num_classes`` and ``dim`` (fine-tuned: of config ``active``) cannot
-    train on."""
-    for case in labeled:
-        if case.label.max() >= num_classes:
-            raise CVBMInputError(f"'{case.name}' has label values up to {int(case.label.max())} but the model "
-                                 f"has {num_classes} classes (0..{num_classes - 1})")
-    for case in labeled + unlabeled:
-        if dim == 3 and len(case.shape) != 3:
-            raise CVBMInputError(f"'{case.name}' is a 2D image but the model is a 3D network: "
-                                 f"start from a new 2D network instead")
-        if active is not None:
-            check_channels(active.in_channels, active.channel_names or (), case.channel_names, f"'{case.name}'")

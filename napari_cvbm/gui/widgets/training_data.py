@@ -1,5 +1,6 @@
 """The Fine-tune widget's training data: labeled (image, labels) layer pairs and unlabeled image
-layers, or folders on disk.
+layers, or folders on disk (labeled images, labels, unlabeled images and field-of-view masks
+matched by file name; 4D images read as their first volume or with all volumes as channels).
 
 An image is a grey or RGB layer or, when the model fine-tuned takes several channels, one layer per
 channel (``widgets.channel_picker``). Each pair and each unlabeled image may have a field of view: a
@@ -56,14 +57,21 @@ from ..snapshots import (
     source_images,
     spatial_shape,
 )
+from ..workers import Folders
 from .channel_picker import ChannelPicker, channel_layers, compact, layer_choices, refresh_choices
 
 SOURCE_LAYERS, SOURCE_FOLDERS = "Layers in the viewer", "Folders on disk"
 SUMMARY_DELAY_MS = 150  # recount annotated slices once painting pauses
 PAINT_EVENTS = ("data", "paint", "labels_update")
 WHOLE_IMAGE = "whole image"  # no field of view
-FOV_TIP = ("field of view (optional): a labels or image layer of the image's shape, non-zero inside; "
-           "pixels outside are neither trained on nor pseudo-labelled")
+OUTSIDE = "pixels outside are neither trained on nor pseudo-labelled"
+FOV_TIP = f"field of view (optional): a labels or image layer of the image's shape, non-zero inside; {OUTSIDE}"
+FOLDERS = {"images": ("Labeled images", "folder"), "labels": ("Labels", "folder"),
+           "unlabeled": ("Unlabeled images", "folder (optional)"), "fov": ("Field of view", "folder (optional)")}
+FOLDER_FOV_TIP = f"masks named as the images (labeled and unlabeled), non-zero inside; {OUTSIDE}"
+VOLUMES = {"first volume": False, "all volumes as channels": True}  # how 4D images are read: all_volumes
+VOLUMES_TIP = ("images with several volumes (a 4D NIfTI's 4th axis, a TIFF's channels or frames): train on "
+               "the first one, or on all of them as the network's input channels (e.g. MRI sequences)")
 
 
 def layer_counted_slices(labels: Labels, complete: bool) -> np.ndarray:
@@ -196,16 +204,22 @@ class TrainingDataPanel(QWidget):
         form = QFormLayout(page)
         form.setContentsMargins(0, 0, 0, 0)
         self.folders: Dict[str, QLineEdit] = {}
-        for key, text in (("images", "Labeled images"), ("labels", "Labels"), ("unlabeled", "Unlabeled images")):
-            self.folders[key] = QLineEdit(placeholderText="folder")
+        for key, (text, placeholder) in FOLDERS.items():
+            self.folders[key] = QLineEdit(placeholderText=placeholder)
+            self.folders[key].textChanged.connect(self.changed)
             browse = QToolButton(text="…")
             browse.clicked.connect(partial(self._browse_folder, self.folders[key]))
             row = QHBoxLayout()
             row.addWidget(self.folders[key])
             row.addWidget(browse)
             form.addRow(text, row)
-        form.addRow(QLabel("Label files count on every slice; labels are matched to images by file name.",
-                           wordWrap=True))
+        self.folders["fov"].setToolTip(FOLDER_FOV_TIP)
+        self.volumes = QComboBox(toolTip=VOLUMES_TIP)
+        self.volumes.addItems(list(VOLUMES))
+        self.volumes.currentIndexChanged.connect(self.changed)
+        form.addRow("4D images", self.volumes)
+        form.addRow(QLabel("Label files count on every slice; labels and masks are matched to images by file "
+                           "name.", wordWrap=True))
         return page
 
     def _show_source(self, index: int):
@@ -359,11 +373,18 @@ class TrainingDataPanel(QWidget):
     def from_folders(self) -> bool:
         return self.source.currentText() == SOURCE_FOLDERS
 
-    def chosen_folders(self) -> Dict[str, str]:
-        """The folders (images, labels, unlabeled) typed in; raises CVBMInputError without the first two."""
-        folders = {k: f.text().strip() for k, f in self.folders.items()}
-        if not folders["images"] or not folders["labels"]:
+    def typed_folders(self) -> Folders:
+        """The folders as typed in and how 4D images are read."""
+        return Folders(**{k: f.text().strip() for k, f in self.folders.items()},
+                       all_volumes=VOLUMES[self.volumes.currentText()])
+
+    def chosen_folders(self) -> Folders:
+        """:meth:`typed_folders`, checked by file name (``Folders.check``); raises CVBMInputError without
+        the labeled images and their labels, for a missing folder or an image without its label file."""
+        folders = self.typed_folders()
+        if not folders.images or not folders.labels:
             raise CVBMInputError("choose the folders of the labeled images and of their labels")
+        folders.check()
         return folders
 
     def snapshot(self) -> Tuple[List[Case], List[Case]]:
