@@ -38,11 +38,12 @@ from napari_cvbm.core.classes import infer_num_classes
 from napari_cvbm.core.config import parse_setting, preset
 from napari_cvbm.core.data import load_cases
 from napari_cvbm.core.device import choose_device
+from napari_cvbm.core.inference import view_labels
 from napari_cvbm.core.metrics import evaluate_cases, format_table, summarize, write_csv
 from napari_cvbm.core.planning import plan
 from napari_cvbm.core.predictor import Predictor
 from napari_cvbm.core.training import TrainingRun
-from napari_cvbm.core.views import SCORED_VIEWS, view_probabilities
+from napari_cvbm.core.views import SCORED_VIEWS
 
 HOLDOUT, SELECTION = 16, 4  # cases, from the end of "train"
 HOLDOUT_PER_CATEGORY, SELECTION_PER_CATEGORY = 2, 1  # when cases are named <number>_<category>
@@ -106,9 +107,9 @@ def evaluate(model, eval_cases, config, views):
     for case in eval_cases:
         pred = predictor(case.image, spacing=case.spacing, channels=case.channel_names,
                          heads="all" if config.background_branch else "fg", amp=config.amp)
-        for view in views:
-            probs = view_probabilities(view, pred.fg, pred.bg, pred.mix)
-            results[view].append((case.name, probs.argmax(0), case.label, None, case.valid))
+        for view in views:  # with the model's post-processing, as cvbm predict and Segment give them
+            labels = view_labels(view, pred.fg, pred.bg, pred.mix, bool(config.largest_component))
+            results[view].append((case.name, labels, case.label, None, case.valid))
     return {view: evaluate_cases(rows, config.num_classes) for view, rows in results.items()}
 
 

@@ -83,3 +83,26 @@ def test_sparse_slices_trains_on_the_corrected_slices_only(tmp_path):
                                "--set", "selftrain_iterations=2", "--set", "patch_size=16,16,32"]) == 0
     report = json.loads((out / "summary.json").read_text())
     assert report["volumes"] == ["c00"] and 0 <= report["student"] <= 1 and "patches 16×16×32" in report["plan"]
+
+
+def test_scores_are_taken_with_the_models_post_processing(monkeypatch):
+    """A model whose config keeps the largest component is scored as cvbm predict segments with it."""
+    from types import SimpleNamespace
+
+    from napari_cvbm.core.config import preset
+    from napari_cvbm.core.data import Case
+
+    truth = np.zeros((1, 8, 16), np.uint8)
+    truth[0, 2:6, 2:6] = 1
+    fg = np.stack([1.0 - truth, truth.astype(float)]).astype(np.float32)
+    fg[:, 0, 0, 12:16] = [[0.0], [1.0]]  # a stray island of class 1, far from the truth
+    monkeypatch.setattr(accuracy, "Predictor", lambda model, config: (
+        lambda image, **options: SimpleNamespace(fg=fg, bg=fg, mix=fg)))
+    case = Case("c", np.zeros((1, 8, 16), np.float32), truth)
+    scores = {}
+    for keep in (False, True):
+        config = preset("cpu", 3, largest_component=keep)
+        result = accuracy.evaluate(None, [case], config, ("fg", "bg"))
+        scores[keep] = {view: rows[0]["dice"] for view, rows in result.items()}
+    assert scores[True]["fg"] == scores[True]["bg"] == pytest.approx(1.0)
+    assert scores[False]["fg"] < 0.9

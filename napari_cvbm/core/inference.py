@@ -28,7 +28,16 @@ from .components import largest_component_per_class
 from .device import autocast, choose_device
 from .errors import CVBMInputError
 from .intensity import normalize_channels
-from .views import OUTPUT_MODES, bg_view, combine_views, confidence_map, disagreement_map, fg_view, mix_view
+from .views import (
+    OUTPUT_MODES,
+    bg_view,
+    combine_views,
+    confidence_map,
+    disagreement_map,
+    fg_view,
+    mix_view,
+    view_probabilities,
+)
 
 __all__ = ["HEADS", "BLEND_MODES", "Prediction", "predict"]
 
@@ -37,6 +46,16 @@ BLEND_MODES = ("gaussian", "constant")
 
 #: Stitched outputs larger than this stay on the CPU when computing on a GPU.
 _MAX_OUTPUT_BYTES_ON_GPU = 2 * 1024 ** 3
+
+
+def view_labels(view: str, fg: np.ndarray, bg: Optional[np.ndarray], mix: Optional[np.ndarray],
+                largest_component: bool = False) -> np.ndarray:
+    """The label map of ``view`` (an output mode, or the bg view alone) of the views' probabilities
+    (spec 7), each class reduced to its largest connected component when ``largest_component`` (the
+    model's post-processing)."""
+    num_classes = fg.shape[0]
+    labels = view_probabilities(view, fg, bg, mix).argmax(axis=0).astype(np.uint8 if num_classes <= 256 else np.int32)
+    return largest_component_per_class(labels, num_classes) if largest_component else labels
 
 
 # --------------------------------------------------------------------------------------------
@@ -90,10 +109,7 @@ class Prediction:
     def from_views(cls, fg: np.ndarray, bg: Optional[np.ndarray], mix: Optional[np.ndarray], mode: str,
                    largest_component: bool = False) -> "Prediction":
         """The labels and maps of the views' probabilities (spec 7)."""
-        num_classes = fg.shape[0]
-        labels = combine_views(mode, fg, bg, mix).argmax(axis=0).astype(np.uint8 if num_classes <= 256 else np.int32)
-        if largest_component:
-            labels = largest_component_per_class(labels, num_classes)
+        labels = view_labels(mode, fg, bg, mix, largest_component)
         return cls(labels=labels, fg=fg, bg=bg, mix=mix, fg_confidence=confidence_map(fg),
                    bg_confidence=confidence_map(bg) if bg is not None else None,
                    disagreement=disagreement_map(fg, bg) if bg is not None else None, mode=mode)
