@@ -175,17 +175,18 @@ class RunSettings(NamedTuple):
     shown: Optional[Tuple[tuple, Plan]] = None
 
 
-def prepare_run(labeled, unlabeled, settings: RunSettings, build=None) -> Prepared:
-    """The run on these cases (``build``: how to make it from the training, unlabeled and held-out
-    cases; by default :func:`run_from_arrays`, for snapshots): labels interpreted as one set, the
-    class count, the model checked against the cases, part of the labels held out
-    (``core.holdout.split_corrections``), and the config (planned: the plan shown if it is fresh,
-    else None and a planner). Bad input raises CVBMInputError."""
+def prepare_run(labeled, unlabeled, settings: RunSettings, from_files: bool = False) -> Prepared:
+    """The run on these cases, layer snapshots (labels interpreted here as one set; built by
+    :func:`run_from_arrays`) or, ``from_files``, ``load_cases``' (interpreted there; built by
+    :func:`training_run`): the class count, the model checked against
+    the cases, part of the labels held out (``core.holdout.split_corrections``), and the config
+    (planned: the plan shown if it is fresh, else None and a planner). Bad input raises CVBMInputError."""
     active = settings.active
     given = None if active is None else active.num_classes
-    labels = interpret_labels({case.name: case.label for case in labeled}, given, what="labels layer")
-    labeled = [dataclasses.replace(case, label=labels[case.name]) for case in labeled]
-    num_classes = infer_num_classes(labels.values(), given)
+    if not from_files:
+        labels = interpret_labels({case.name: case.label for case in labeled}, given, what="labels layer")
+        labeled = [dataclasses.replace(case, label=labels[case.name]) for case in labeled]
+    num_classes = infer_num_classes((case.label for case in labeled), given)
     check_model_fits(num_classes, settings.dim, labeled, unlabeled, active)
     config, planner = None, None
     if settings.planning is not None:
@@ -201,8 +202,8 @@ def prepare_run(labeled, unlabeled, settings: RunSettings, build=None) -> Prepar
         if active is None:  # a preset's new network takes the images' channels
             config = dataclasses.replace(config, **input_channels(labeled))
     split = split_corrections(labeled, seed=settings.seed)
-    build = functools.partial(build or run_from_arrays, split.train, unlabeled, weights=settings.weights,
-                              validation=split.held_out)
+    builder = training_run if from_files else run_from_arrays
+    build = functools.partial(builder, split.train, unlabeled, weights=settings.weights, validation=split.held_out)
     return Prepared(build, config, planner, f"{len(labeled)} labeled + {len(unlabeled)} unlabeled images", split)
 
 
@@ -263,7 +264,7 @@ class FolderRun(NamedTuple):
     def __call__(self) -> Prepared:
         active = self.settings.active
         labeled, unlabeled = self.folders.read(None if active is None else active.num_classes)
-        return prepare_run(labeled, unlabeled, self.settings, build=training_run)
+        return prepare_run(labeled, unlabeled, self.settings, from_files=True)
 
 
 # -- run builders (called in the worker thread) ---------------------------------------------------
