@@ -64,3 +64,20 @@ def test_rounds_from_the_bundled_model_are_guided_from_the_first(tmp_path):
     rows = [r for r in rows if r["round"] != "0"]
     assert [(r["round"], r["slices"]) for r in start] == [("0", "0")] * 2 and start[0]["dice"] == start[1]["dice"]
     assert [r["strategy"] for r in rows] == ["guided", "even"] and rows[0]["picked"] != rows[1]["picked"]
+
+
+def test_drift_checks_the_volumes_nobody_corrected_along_the_run(tmp_path, capsys):
+    """benchmarks/finetune_drift.py: the annotator corrects the first "val" volumes, the run is held out
+    and planned as the Fine-tune widget's, and checks the fg head on the other "val" volumes."""
+    import finetune_drift
+
+    names = [f"c{i:02d}" for i in range(8)]
+    write_dataset(tmp_path / "data", names, train=names[:4], val=names[4:])
+    settings = ["--set", "pretrain_iterations=1", "--set", "selftrain_iterations=2", "--set", "patch_size=16,16,32"]
+    assert finetune_drift.main([str(tmp_path / "data"), "--start", str(annotation_loop.STARTER), "--volumes", "2",
+                                "--slices", "8", "--every", "1", *settings]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("pretrain_iterations=1 selftrain_iterations=2")
+    points = line.split("|")[1].split()
+    assert [p.split(":")[0] for p in points] == ["start", "pre1", "sel1", "sel2"]
+    assert all(0 <= float(p.split(":")[1]) <= 100 for p in points)

@@ -1,6 +1,7 @@
 """Bundled models by name: packaging a run (benchmarks/bundle_model.py), the registry and its cards
 (core.bundled), one resolver for every caller (core.model_source), the CLI and the Segment widget."""
 
+import csv
 import json
 import shutil
 import sys
@@ -25,6 +26,7 @@ from napari_cvbm.core.predictor import Predictor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bundle_model  # noqa: E402
+from accuracy import evaluate  # noqa: E402
 
 NAME = "acdc-cardiac"
 CLASSES = ("background", "right ventricle", "myocardium", "left ventricle")
@@ -137,6 +139,41 @@ def test_bundle_refuses_to_replace_a_model_unless_overwrite(packaged, tmp_path, 
     assert bundle(tmp_path / "other", NAME, "--overwrite") == 0
     assert f"({(folder / f'{NAME}.pt').stat().st_size / 1e6:.2f} MB, float16)" in capsys.readouterr().out
     assert bundled.card(NAME)["file"]["sha256"] != json.loads(before)["file"]["sha256"]
+
+
+def test_rescore_writes_the_cards_figures_from_the_model_as_it_segments(packaged, tmp_path, monkeypatch):
+    """benchmarks/rescore_bundled.py scores the cases the card names with the model's own
+    post-processing and writes their Dice to the card; the weights and their checksum stay."""
+    import rescore_bundled
+
+    folder, _ = packaged
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for case in bundled.card(NAME)["holdout"]["case_names"]:
+        label = np.zeros((4, 32, 32), np.uint8)
+        label[:, 8:24, 8:24] = rng.integers(0, 4, (4, 16, 16))
+        write_image(data / "images" / f"{case}.nii.gz", label + rng.normal(0, 0.5, label.shape).astype(np.float32))
+        write_image(data / "labels" / f"{case}.nii.gz", label)
+    before = bundled.card(NAME)
+    seen = []
+
+    def scored(model, cases, config, views):
+        seen.append(config.largest_component)
+        return evaluate(model, cases, config, views)
+
+    monkeypatch.setattr(rescore_bundled, "evaluate", scored)
+    assert rescore_bundled.main([NAME, str(data), "--out", str(tmp_path / "out")]) == 0
+    after = bundled.card(NAME)
+    assert seen == [open_model(NAME)[1].largest_component]  # scored with the model's own setting
+    assert after["file"] == before["file"] and bundled.load(NAME)  # the weights are untouched
+    assert {k: v for k, v in after.items() if k != "holdout"} == {k: v for k, v in before.items() if k != "holdout"}
+    rows = list(csv.DictReader((tmp_path / "out" / NAME / "cvbm_fg.csv").open()))
+    cases = dict.fromkeys(r["case"] for r in rows)
+    per_case = [np.mean([float(r["dice"]) for r in rows if r["case"] == c]) for c in cases]
+    assert after["holdout"]["dice"]["fg"] == pytest.approx(np.mean(per_case))
+    assert after["holdout"]["dice"]["fg"] != before["holdout"]["dice"]["fg"]  # 0.8125 was the fake run's
+    assert set(after["holdout"]["dice"]) == {"fg", "mix", "avg", "bg"}
+    assert set(after["holdout"]["dice_per_class"]) == set(CLASSES[1:])
 
 
 def test_open_model_by_name_predicts_like_its_file(packaged):

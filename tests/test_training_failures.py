@@ -39,6 +39,18 @@ def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(tiny_cases,
     assert {p.name for p in tmp_path.iterdir()} == {"last.pt"}
 
 
+def test_a_mixed_precision_run_that_diverges_points_at_float32(tiny_cases, tiny_config, monkeypatch):
+    """In bfloat16 (forced here: this CPU may have none) the error says so and names amp=false."""
+    from napari_cvbm.core import device
+
+    monkeypatch.setattr(device, "cpu_has_native_bfloat16", lambda: True)
+    run = TrainingRun(dataclasses.replace(tiny_config, width=2, lr=1e6), *tiny_cases)
+    with pytest.raises(CVBMInputError) as caught, torch.backends.mkldnn.flags(enabled=False):
+        for _ in run.events():
+            pass
+    assert "trained in bfloat16" in str(caught.value) and "amp=false" in str(caught.value)
+
+
 def _poison(monkeypatch, name, from_call):
     """Make training's loss function ``name`` return NaN from its ``from_call``-th call on."""
     original, calls = getattr(training, name), []

@@ -3,9 +3,10 @@
 * Device: ``"auto"`` takes CUDA, then Apple MPS, then the CPU; a named device is checked before
   use (:func:`choose_device`). :func:`available_devices` lists the choices that work here.
 * Mixed precision: autocast to bfloat16 on CUDA devices that support it, else float16 (training
-  then scales the loss, :class:`~.acceleration.GradientStep`); on CPUs with native bfloat16
-  arithmetic (AMX or AVX512-BF16), bfloat16 convolutions through oneDNN; on other CPUs and on MPS
-  everything stays float32, as bfloat16 would be emulated there, and slower. Measurements:
+  then scales the loss, :class:`~.acceleration.GradientStep`); on CPUs with AMX tiles, bfloat16
+  convolutions through oneDNN; on other CPUs and on MPS everything stays float32: bfloat16 would be
+  emulated there, and slower, and on CPUs with AVX512-BF16 but no AMX (AMD Zen 4) oneDNN's
+  bfloat16 training of the 3D network gave NaN gradients within a few dozen steps. Measurements:
   ``docs/PERFORMANCE.md``.
 """
 
@@ -84,9 +85,9 @@ def synchronize(device: torch.device) -> None:
 # --------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=None)
 def cpu_has_native_bfloat16() -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (AMX tiles or AVX512-BF16)."""
-    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    """Whether this CPU trains in bfloat16 in hardware: AMX tiles (AVX512-BF16 alone is not used,
+    module docstring)."""
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
 def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:

@@ -342,9 +342,12 @@ class TrainingRun:
         """The error that stops a run whose ``step`` went NaN/Inf."""
         cfg = self.config
         total = cfg.pretrain_iterations if self.phase == "pretrain" else cfg.selftrain_iterations
+        cause = (f"it trained in {self.precision} (mixed precision): try amp=false (float32), or a lower "
+                 f"learning rate than lr={cfg.lr:g}." if self.precision != "float32"
+                 else f"is the learning rate (lr={cfg.lr:g}) too high?")
         return CVBMInputError(
-            f"training diverged at {self.phase} iteration {step}/{total}: {what}; is the learning rate "
-            f"(lr={cfg.lr:g}) too high? Nothing from this step was saved; checkpoints already written are kept")
+            f"training diverged at {self.phase} iteration {step}/{total}: {what}; {cause} Nothing from this "
+            f"step was saved; checkpoints already written are kept")
 
     def _new_optimizer(self):
         cfg = self.config
