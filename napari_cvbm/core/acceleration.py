@@ -50,7 +50,8 @@ def seconds_per_call(fn: Callable[[], object], device: torch.device, repeats: in
 def training_step_seconds(model: torch.nn.Module, batch_shape: Tuple[int, ...], device: torch.device,
                           amp: bool, channels_last: bool, repeats: int = 3) -> float:
     """Seconds per forward + backward of a copy of ``model`` (all heads) on a random batch, in
-    one layout, after two warm-up steps; ``model`` itself is not touched."""
+    one layout: the fastest of ``repeats`` timed steps after two warm-up steps (a shared machine
+    only ever slows a step down); ``model`` itself is not touched."""
     net = copy.deepcopy(model).to(device).train()
     x = torch.randn(batch_shape, device=device)
     if channels_last:
@@ -63,7 +64,9 @@ def training_step_seconds(model: torch.nn.Module, batch_shape: Tuple[int, ...], 
             output = net(x)
         sum(t.float().sum() for t in output if t is not None).backward()
 
-    return seconds_per_call(step, device, repeats, warmup=2)
+    step()
+    step()
+    return min(seconds_per_call(step, device, repeats=1, warmup=0) for _ in range(repeats))
 
 
 def inference_window_seconds(model: torch.nn.Module, batch_shape: Tuple[int, ...], device: torch.device,
