@@ -135,13 +135,21 @@ class Annotator:
         return sum(len(s) for s in self.corrected.values())
 
 
+def planned_fine_tune(labeled: List[Case], unlabeled: List[Case], config, budget_s: float, device: str,
+                      overrides: dict):
+    """(held-out split, plan) of a Fine-tune click from a model of ``config`` (None: a new network), as
+    the widget makes them: part of the corrections held out, the rest planned with what fine-tuning
+    keeps of the model (``core.planning.fine_tune_overrides``) over ``overrides``."""
+    split = split_corrections(labeled, seed=overrides.get("seed", 0))
+    given = {**overrides, **(fine_tune_overrides(config) if config is not None else {})}
+    return split, plan(split.train, unlabeled, choose_device(device), budget_s=budget_s, overrides=given)
+
+
 def fine_tune(labeled: List[Case], unlabeled: List[Case], model, config, budget_s: float, device: str,
               overrides: dict):
     """One Fine-tune click, as the widget runs it (its own plan, from its own measured step):
     (model, config, minutes, steps "pretrain+selftrain", before, after, kept)."""
-    split = split_corrections(labeled, seed=overrides.get("seed", 0))
-    given = {**overrides, **(fine_tune_overrides(config) if config is not None else {})}
-    planned = plan(split.train, unlabeled, choose_device(device), budget_s=budget_s, overrides=given)
+    split, planned = planned_fine_tune(labeled, unlabeled, config, budget_s, device, overrides)
     print(f"  fine-tune on {sum(len(np.flatnonzero(c.annotated.any((1, 2)))) for c in split.train)} slices "
           f"(held out: {split.summary() or split.reason}); plan: {planned.describe()}", flush=True)
     weights = None if model is None else model.state_dict()

@@ -26,7 +26,7 @@ from napari_cvbm.core import bundled
 from napari_cvbm.core.checkpoint import load_model, save_model
 from napari_cvbm.core.config import TrainConfig
 from napari_cvbm.core.errors import CVBMInputError
-from napari_cvbm.core.outputs import atomic_write, refuse_existing
+from napari_cvbm.core.outputs import refuse_existing
 
 
 def _case_names(run_dir: Path, summary: dict) -> list:
@@ -64,8 +64,7 @@ def bundle(run_dir, name: str, *, title: str, classes, data_terms: str, intended
     save_model(target, model, config, dtype=torch.float16, phase="bundled", bundled_name=name)
     card["file"].update(bytes=target.stat().st_size, sha256=bundled.sha256(target),
                         parameters=sum(p.numel() for p in model.parameters()))
-    with atomic_write(card_path) as f:
-        f.write((json.dumps(card, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    bundled.write_card(card_path, card)
     return target, card
 
 

@@ -17,17 +17,13 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 from napari_cvbm.core.config import parse_setting
-from napari_cvbm.core.holdout import split_corrections
 from napari_cvbm.core.model_source import open_model
-from napari_cvbm.core.planning import fine_tune_overrides, plan
 from napari_cvbm.core.training import TrainingRun
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import cases  # noqa: E402
-from annotation_loop import Annotator  # noqa: E402
+from annotation_loop import Annotator, planned_fine_tune  # noqa: E402
 
 
 def trajectory(data: Path, start: str, volumes: int, slices: int, budget_s: float, settings: dict,
@@ -40,10 +36,8 @@ def trajectory(data: Path, start: str, volumes: int, slices: int, budget_s: floa
     unlabeled = cases(data, splits["train"], with_labels=False)
     annotator = Annotator("even", cases(data, names, num_classes=config.num_classes))
     annotator.pick(slices, strategy="even")
-    split = split_corrections(annotator.labeled(), seed=settings.get("seed", 0))
-    given = {"dim": config.dim, "num_classes": config.num_classes, **settings, **fine_tune_overrides(config),
-             "validate_every": every}
-    planned = plan(split.train, unlabeled, torch.device("cpu"), budget_s=budget_s, overrides=given)
+    given = {"dim": config.dim, "num_classes": config.num_classes, **settings, "validate_every": every}
+    split, planned = planned_fine_tune(annotator.labeled(), unlabeled, config, budget_s, "cpu", given)
     print(f"plan: {planned.describe()}", flush=True)
     run = TrainingRun(planned.config, split.train, unlabeled, others, initial_weights=model.state_dict())
     points = []

@@ -11,13 +11,11 @@ describe them). Prints each view's metrics and writes their per-case CSVs to ``-
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from napari_cvbm.core import bundled
 from napari_cvbm.core.metrics import format_table, summarize, write_csv
-from napari_cvbm.core.outputs import atomic_write
 from napari_cvbm.core.views import SCORED_VIEWS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -41,8 +39,7 @@ def rescore(name: str, data: Path, out: Path) -> dict:
               f"{format_table(results[f'{arm} {view}'], 'vox')}")
     summary = {"arm": arm, "eval_split": card["holdout"]["split"], "data": str(data), "results": results}
     card["holdout"] = bundled.holdout_from_summary(summary, config.class_names, names)
-    with atomic_write(bundled.models_dir() / f"{name}{bundled.CARD_SUFFIX}") as f:
-        f.write((json.dumps(card, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    bundled.write_card(bundled.models_dir() / f"{name}{bundled.CARD_SUFFIX}", card)
     return card
 
 

@@ -47,6 +47,12 @@ def seconds_per_call(fn: Callable[[], object], device: torch.device, repeats: in
     return (time.perf_counter() - start) / repeats
 
 
+def fastest_call_seconds(fn: Callable[[], object], device: torch.device, repeats: int = 3) -> float:
+    """Wall time of the fastest of ``repeats`` timed calls of ``fn()`` after two untimed ones (the
+    first calls of a process set up their kernels; a shared machine only ever slows a call down)."""
+    return min(seconds_per_call(fn, device, repeats=1, warmup=2 if i == 0 else 0) for i in range(repeats))
+
+
 def training_step_seconds(model: torch.nn.Module, batch_shape: Tuple[int, ...], device: torch.device,
                           amp: bool, channels_last: bool, repeats: int = 3) -> float:
     """Seconds per forward + backward of a copy of ``model`` (all heads) on a random batch, in
@@ -64,9 +70,7 @@ def training_step_seconds(model: torch.nn.Module, batch_shape: Tuple[int, ...], 
             output = net(x)
         sum(t.float().sum() for t in output if t is not None).backward()
 
-    step()
-    step()
-    return min(seconds_per_call(step, device, repeats=1, warmup=0) for _ in range(repeats))
+    return fastest_call_seconds(step, device, repeats)
 
 
 def inference_window_seconds(model: torch.nn.Module, batch_shape: Tuple[int, ...], device: torch.device,
@@ -82,9 +86,7 @@ def inference_window_seconds(model: torch.nn.Module, batch_shape: Tuple[int, ...
         with autocast(device, amp):
             torch.softmax(net.forward_fg(x).float(), dim=1)
 
-    forward()  # the first no-gradient calls of a process set up their kernels: not timed
-    forward()
-    return min(seconds_per_call(forward, device, repeats=1, warmup=0) for _ in range(3)) / batch_shape[0]
+    return fastest_call_seconds(forward, device) / batch_shape[0]
 
 
 def faster_layout(model: torch.nn.Module, batch_shape: Tuple[int, ...], device: torch.device,

@@ -154,6 +154,14 @@ def sha256(file) -> str:
 
 
 # ------------------------------------------------------------------ making a card (benchmarks/bundle_model.py)
+def write_card(path, card: Mapping) -> None:
+    """Write ``card`` to ``path`` as UTF-8 JSON, atomically (the packaging and rescoring tools)."""
+    from .outputs import atomic_write
+
+    with atomic_write(path) as f:
+        f.write((json.dumps(card, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
 def holdout_from_summary(summary: Mapping, class_names: Sequence[str],
                          case_names: Sequence[str] = ()) -> dict:
     """The card's hold-out entry, from a ``benchmarks/accuracy.py`` summary: which split was scored,
