@@ -10,9 +10,9 @@ The annotator works on the first ``--volumes`` "train" cases, or on the protocol
 slices, shared out evenly over its volumes, "corrects" them (their ground truth; nothing else of the
 volume counts) and fine-tunes the current model on everything corrected so far plus the unlabeled
 pool, through the engine calls the widgets make: ``core.guidance.rank_slices`` on the Segment
-prediction, the Fine-tune widget's held-out split of the corrections (``core.holdout``), a plan for
-the round's share of ``--budget`` minutes (``core.planning``), and the widget's rule of keeping the
-previous model when the held-out Dice fell (``core.holdout.got_worse``).
+prediction, the Fine-tune widget's held-out split of the corrections and its plan for the round's
+share of ``--budget`` minutes (``core.fine_tuning``), and the widget's rule of keeping the previous
+model when the held-out Dice fell (``core.holdout.got_worse``).
 
 Strategies:
 
@@ -25,10 +25,11 @@ Strategies:
 From scratch (``--start scratch``) there is no model to guide the first round, so every strategy
 shares one first round of evenly spread slices; from a model (``--start`` a bundled model's name such
 as ``acdc-cardiac``, ``starter`` for the synthetic starter model, or a checkpoint) the strategies
-differ from the first round. ``--correct-from val`` (ACDC) has the annotator correct the first
-``--volumes`` "val" cases, patients no bundled model was trained on, and scores on the other "val"
-cases. Unlabeled pool: every other "train" case
-outside the evaluation set (LA: the last 16 "train" cases, the hold-out of ``accuracy.py``, and
+differ from the first round; a trained model (not the synthetic starter) stays the teacher of
+every round, as the widget keeps it (``core.fine_tuning.teacher_kept``). ``--correct-from val``
+(ACDC) has the annotator correct the first ``--volumes`` "val" cases, patients no bundled model was
+trained on, and scores on the other "val" cases. Unlabeled pool: every other "train" case outside
+the evaluation set (LA: the last 16 "train" cases, the hold-out of ``accuracy.py``, and
 its 4 selection cases are left out; ACDC: scored on "val"). After each round the fg head is scored
 on whole evaluation volumes, each on its own grid. Writes ``rounds.csv`` (one row per strategy and
 round: slices corrected, cumulative training minutes, the steps its plan gave, Dice, whether the
@@ -53,9 +54,9 @@ from napari_cvbm.core.classes import infer_num_classes
 from napari_cvbm.core.config import parse_setting
 from napari_cvbm.core.data import Case
 from napari_cvbm.core.device import choose_device
+from napari_cvbm.core.fine_tuning import held_out_checks, prepare_fine_tune, teacher_kept
 from napari_cvbm.core.guidance import suggestions
-from napari_cvbm.core.holdout import got_worse, split_corrections
-from napari_cvbm.core.planning import fine_tune_overrides, plan
+from napari_cvbm.core.holdout import got_worse
 from napari_cvbm.core.predictor import Predictor
 from napari_cvbm.core.training import TrainingRun
 
@@ -136,24 +137,25 @@ class Annotator:
 
 
 def planned_fine_tune(labeled: List[Case], unlabeled: List[Case], config, budget_s: float, device: str,
-                      overrides: dict):
-    """(held-out split, plan) of a Fine-tune click from a model of ``config`` (None: a new network), as
-    the widget makes them: part of the corrections held out, the rest planned with what fine-tuning
-    keeps of the model (``core.planning.fine_tune_overrides``) over ``overrides``."""
-    split = split_corrections(labeled, seed=overrides.get("seed", 0))
-    given = {**overrides, **(fine_tune_overrides(config) if config is not None else {})}
-    return split, plan(split.train, unlabeled, choose_device(device), budget_s=budget_s, overrides=given)
+                      overrides: dict, trained: bool):
+    """(held-out split, plan) of a Fine-tune click from a model of ``config`` (None: a new network) with
+    the settings ``overrides``, as the widget makes them (``core.fine_tuning``; a ``trained`` model stays
+    the teacher); their seed (default 0, as the widget's seed field) picks what is held out."""
+    fine = prepare_fine_tune(labeled, unlabeled, config, seed=overrides.get("seed", 0))
+    kept = teacher_kept(config) if trained and config is not None else {}
+    return fine.split, fine.plan(choose_device(device), budget_s, {**kept, **overrides})
 
 
 def fine_tune(labeled: List[Case], unlabeled: List[Case], model, config, budget_s: float, device: str,
-              overrides: dict):
+              overrides: dict, trained: bool = False):
     """One Fine-tune click, as the widget runs it (its own plan, from its own measured step):
     (model, config, minutes, steps "pretrain+selftrain", before, after, kept)."""
-    split, planned = planned_fine_tune(labeled, unlabeled, config, budget_s, device, overrides)
+    split, planned = planned_fine_tune(labeled, unlabeled, config, budget_s, device, overrides, trained)
     print(f"  fine-tune on {sum(len(np.flatnonzero(c.annotated.any((1, 2)))) for c in split.train)} slices "
           f"(held out: {split.summary() or split.reason}); plan: {planned.describe()}", flush=True)
     weights = None if model is None else model.state_dict()
-    run = TrainingRun(planned.config, split.train, unlabeled, split.held_out, device=device, initial_weights=weights)
+    run = TrainingRun(held_out_checks(planned.config, split.held_out), split.train, unlabeled, split.held_out,
+                      device=device, initial_weights=weights)
     start = time.perf_counter()
     train_with_progress(run, show=False)
     minutes = (time.perf_counter() - start) / 60
@@ -270,7 +272,8 @@ def main(argv=None) -> int:
             model, config = models[annotator.strategy]
             picked = annotator.pick(args.per_round, model, config)
             print(f"round {round_}, {annotator.strategy}: {picked}", flush=True)
-            result = fine_tune(annotator.labeled(), unlabeled, model, config, budget_s, args.device, overrides)
+            result = fine_tune(annotator.labeled(), unlabeled, model, config, budget_s, args.device, overrides,
+                               trained=args.start not in ("scratch", "starter"))
             record(annotator, round_, picked, result, eval_cases)
             models[annotator.strategy] = result[:2]
 

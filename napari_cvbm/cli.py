@@ -86,11 +86,14 @@ def _claim_out(args):
 
 def _initial_model(args, given: dict):
     """--init: (the model's weights, the settings fine-tuning it keeps: ``core.planning.fine_tune_overrides``,
-    with --preset all of its input); (None, {}) without it. A given setting that differs is refused."""
+    with --preset all of its input, and those of keeping it as the teacher: ``core.fine_tuning.teacher_kept``,
+    which settings given win over); (None, {}, {}) without it. A given setting that differs from what
+    the model keeps is refused."""
     if not args.init:
-        return None, {}
+        return None, {}, {}
     if args.resume:
         raise CVBMInputError("--init starts a new run from a model and --resume continues a run; give one of them")
+    from .core.fine_tuning import teacher_kept
     from .core.model_source import open_model
     from .core.planning import fine_tune_overrides
 
@@ -101,7 +104,7 @@ def _initial_model(args, given: dict):
     clash = [f"{k} {given[k]!r} (the model's: {keeps[k]!r})" for k in given if k in keeps and given[k] != keeps[k]]
     if clash:
         raise CVBMInputError(f"--init {args.init} fixes {'; '.join(clash)}: leave them out to fine-tune it")
-    return model.state_dict(), keeps
+    return model.state_dict(), keeps, teacher_kept(config)
 
 
 def _train(args) -> int:
@@ -118,12 +121,14 @@ def _train(args) -> int:
     say = print if main_process else (lambda *a, **k: None)
 
     given = _given_settings(args)
-    weights, keeps = _initial_model(args, given)
-    given = {**given, **keeps}
+    weights, keeps, teacher = _initial_model(args, given)
+    teacher = {k: v for k, v in teacher.items() if k not in given}
+    given = {**teacher, **given, **keeps}
     if isinstance(given.get("class_names"), tuple):  # --set class_names=background,...: that many classes
         given.setdefault("num_classes", len(given["class_names"]))
     if args.init:
-        say(f"fine-tuning {args.init}; it keeps {', '.join(keeps)}")
+        say(f"fine-tuning {args.init}; it keeps {', '.join(keeps)}" + (
+            f"; it stays the teacher ({', '.join(f'{k}={v:g}' for k, v in teacher.items())})" if teacher else ""))
     if args.budget is not None and not args.budget > 0:
         raise CVBMInputError(f"--budget must be a positive number of minutes, not {args.budget:g}")
     if not args.resume:  # the whole configuration is checked before any data is read
@@ -412,7 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "iteration counts, validate_every, checkpoint_every, amp, compile, channels_last")
     p.add_argument("--init", metavar="MODEL",
                    help=f"fine-tune this model ({MODEL_HELP}): start from its weights, keeping its network, "
-                        "class names and, when it has one, its working spacing or slice size")
+                        "class names and, when it has one, its working spacing or slice size; it stays the "
+                        "teacher, held fixed, and its student learns at a tenth of its lr (--set "
+                        "pretrain_iterations, ema_decay or lr changes that)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the checkpoints of an earlier run in --out (default: refuse)")
     _add_compute_options(p)

@@ -68,7 +68,8 @@ def test_rounds_from_the_bundled_model_are_guided_from_the_first(tmp_path):
 
 def test_drift_checks_the_volumes_nobody_corrected_along_the_run(tmp_path, capsys):
     """benchmarks/finetune_drift.py: the annotator corrects the first "val" volumes, the run is held out
-    and planned as the Fine-tune widget's, and checks the fg head on the other "val" volumes."""
+    and planned as the Fine-tune widget's, and checks the fg head on the other "val" volumes and on the
+    slices of the corrected ones that were not corrected."""
     import finetune_drift
 
     names = [f"c{i:02d}" for i in range(8)]
@@ -80,4 +81,5 @@ def test_drift_checks_the_volumes_nobody_corrected_along_the_run(tmp_path, capsy
     assert line.startswith("pretrain_iterations=1 selftrain_iterations=2")
     points = line.split("|")[1].split()
     assert [p.split(":")[0] for p in points] == ["start", "pre1", "sel1", "sel2"]
-    assert all(0 <= float(p.split(":")[1]) <= 100 for p in points)
+    scores = [[float(v) for v in p.split(":")[1].split("/")] for p in points]
+    assert all(len(pair) == 2 and all(0 <= v <= 100 for v in pair) for pair in scores)

@@ -304,6 +304,10 @@ def test_cvbm_train_init_fine_tunes_a_bundled_model(packaged, tmp_path, capsys):
     bundled_config = open_model(NAME)[1]
     assert config.class_names == CLASSES and config.architecture() == bundled_config.architecture()
     assert config.slice_size == bundled_config.slice_size
+    # the model stays the teacher (held fixed, its student at a tenth of its lr); the counts given win
+    assert (config.ema_decay, config.pretrain_iterations) == (1.0, 2)
+    assert config.lr == pytest.approx(bundled_config.lr / 10)
+    assert "it stays the teacher (ema_decay=1, lr=0.001)" in capsys.readouterr().out
     assert cli.main(args + ["--out", str(tmp_path / "run2"), "--set", "width=8"]) == 2
     assert "fixes width 8 (the model's: 4)" in capsys.readouterr().err
 
@@ -332,7 +336,18 @@ def test_segment_widget_lists_the_bundled_model_and_names_its_classes(viewer_wid
     assert "2D U-Net, width 4, 4 classes, 1 channel, slice by slice (slices resized to 32×32)" in info
     assert "right ventricle / myocardium / left ventricle" in info
     assert "hold-out Dice 0.81 (3 cases)" in info
-    assert TrainingSettingsPanel().model_settings()["class_names"] == CLASSES  # Fine-tune starts from it
+    settings = TrainingSettingsPanel()
+    assert settings.model_settings()["class_names"] == CLASSES  # Fine-tune starts from it, as its teacher
+    kept = {k: settings.overrides()[k] for k in ("pretrain_iterations", "ema_decay", "lr")}
+    assert kept == {"pretrain_iterations": 1, "ema_decay": 1.0, "lr": pytest.approx(store.get()[1].lr / 10)}
+    assert settings.fields["ema_decay"].value == 1.0  # the Advanced form shows it
+    store.add("fine-tuned from the starter", *store.get(models.STARTER), activate=False, trained=False)
+    assert store.is_trained() and not store.is_trained(models.STARTER)
+    assert not store.is_trained("fine-tuned from the starter")
+    store.activate(models.STARTER)  # the starter is fine-tuned as a new network is
+    settings.on_model_changed()  # as the Fine-tune widget calls it
+    assert "ema_decay" not in settings.overrides() and settings.fields["ema_decay"].value == 0.99
+    store.activate(NAME)
 
     image = viewer.add_image(np.random.default_rng(0).normal(size=(40, 48)).astype(np.float32), name="cine")
     worker = widget.segment(image)

@@ -8,6 +8,8 @@ from napari_cvbm.core import planning
 from napari_cvbm.core.checkpoint import build_model, load_model, save_model
 from napari_cvbm.core.config import preset
 from napari_cvbm.core.data import Case, make_case
+from napari_cvbm.core.fine_tuning import VALIDATIONS, held_out_checks, prepare_fine_tune, teacher_kept
+from napari_cvbm.core.holdout import split_corrections
 from napari_cvbm.core.predictor import Predictor
 from napari_cvbm.core.resampling import resample_case, resample_labels
 
@@ -64,6 +66,11 @@ def test_step_counts_follow_the_budget_and_user_settings_win(fixed_step):
     c = given.config
     assert (c.patch_size, c.pretrain_iterations, c.selftrain_iterations, c.width) == ((32, 32, 32), 7, 3, 4)
     assert given.step_seconds is None and "about" not in given.describe()
+    # a given pre-training count (a trained model kept as the teacher) leaves the rest to self-training
+    kept = planning.plan([case], budget_s=300, overrides={"pretrain_iterations": 1})
+    rest = int((300 - 0.5) / (0.5 * planning.SELFTRAIN_COST))
+    assert (kept.config.pretrain_iterations, kept.config.selftrain_iterations) == (1, rest)
+    assert kept.seconds == pytest.approx(300, rel=0.02)
     # a given spacing gets the patch planned for it; an empty one (None) is the images' own
     coarse = planning.plan([case], budget_s=300, overrides={"spacing": (2.0, 2.0, 2.0)}).config
     assert coarse.spacing == (2.0, 2.0, 2.0) and coarse.patch_size == (32, 32, 32)
@@ -160,3 +167,28 @@ def test_fine_tuning_keeps_the_models_network_and_a_working_spacings_input(fixed
     # a 2D model on resized slices keeps its slice size
     slices = preset("paper", 2)
     assert planning.fine_tune_overrides(slices)["slice_size"] == (256, 256)
+
+
+def test_a_fine_tune_holds_out_corrections_and_plans_from_all_of_them(fixed_step):
+    """core.fine_tuning: what the Fine-tune widget and benchmarks/annotation_loop.py both run."""
+    cases = [box_case(f"f{i}", (48, 64, 64), (1.0,) * 3, (20, 30, 30)) for i in range(4)]
+    model = preset("cpu", 3, width=6, patch_size=(32, 32, 48), spacing=(2.0, 2.0, 2.0), num_classes=3)
+    fine = prepare_fine_tune(cases, [], model, seed=5)
+    held = [c.name for c in split_corrections(cases, seed=5).held_out]
+    assert fine.num_classes == 3 and [c.name for c in fine.split.held_out] == held and len(fine.split.train) == 3
+    made = fine.plan(budget_s=300, overrides={"width": 8, "num_classes": 2, "lr": 0.02})
+    assert made.fingerprint.labeled == 4  # from all the corrections, as the plan the widget shows before Start
+    config = made.config  # what the model fixes wins over the settings given, which win over the plan
+    assert (config.width, config.num_classes, config.spacing, config.lr) == (6, 3, (2.0, 2.0, 2.0), 0.02)
+    new = prepare_fine_tune(cases, [], None, seed=5)  # a new network: the labels' classes, the settings win
+    assert new.num_classes == 2 and new.plan(budget_s=300, overrides={"width": 8}).config.width == 8
+    total = config.pretrain_iterations + config.selftrain_iterations
+    assert held_out_checks(config, fine.split.held_out).validate_every == round(total / VALIDATIONS)
+    # a trained model stays the teacher, held fixed, its student at a tenth of its lr; settings given win
+    assert teacher_kept(model) == {"pretrain_iterations": 1, "ema_decay": 1.0, "lr": pytest.approx(model.lr / 10)}
+    kept = fine.plan(budget_s=300, overrides={**teacher_kept(model), "ema_decay": 0.9}).config
+    assert (kept.pretrain_iterations, kept.ema_decay, kept.lr) == (1, 0.9, pytest.approx(model.lr / 10))
+    assert kept.selftrain_iterations > config.selftrain_iterations  # the budget goes to self-training
+    assert "steps (the teacher held fixed): about" in fine.plan(budget_s=300, overrides=teacher_kept(model)).describe()
+    assert "held fixed" not in made.describe()
+    assert held_out_checks(config, []) is config

@@ -15,9 +15,10 @@ of the labelled structure in the slices that count) and the device decide:
   train on crops of that size at the images' own resolution and predict with sliding windows.
 * the **channels** (``in_channels``, ``channel_names``): those of the images, which must all agree.
 * **batch and width**: the ``cpu`` preset's on a CPU, the ``paper`` preset's (spec 6) on a GPU.
-* **step counts** for a time budget: pre-training and self-training in the preset's 1:2 ratio,
-  from the measured time of a training step of the planned network on the device (a self-training
-  step costs ``SELFTRAIN_COST`` pre-training steps), after the time validation takes: ``VALIDATIONS``
+* **step counts** for a time budget: pre-training and self-training in the preset's 1:2 ratio
+  (with a pre-training count given, as when a trained model stays the teacher, the rest goes to
+  self-training), from the measured time of a training step of the planned network on the device
+  (a self-training step costs ``SELFTRAIN_COST`` pre-training steps), after the time validation takes: ``VALIDATIONS``
   per pre-training (twice as many in self-training), fewer when they would take more than
   ``VALIDATION_SHARE`` of the budget (large photographs). Without a budget on a GPU, the paper's counts.
 * the **window overlap** of sliding-window prediction: the preset's, 0.25 (MONAI's default) for 2D
@@ -214,6 +215,8 @@ class Plan:
                      + (" at the images' resolution" if c.dim == 2 and not c.slice_size else ""))
         parts.append(f"batch {c.batch_labeled}+{c.batch_unlabeled}, width {c.width}")
         text = ", ".join(parts) + f", {c.pretrain_iterations} + {c.selftrain_iterations} steps"
+        if c.ema_decay == 1.0:  # a trained model kept as the teacher (core.fine_tuning)
+            text += " (the teacher held fixed)"
         if self.seconds is not None:
             text += f": about {max(1, round(self.seconds / 60))} min on {self.device}"
         return text
@@ -255,13 +258,23 @@ def plan(labeled: Sequence[Case], unlabeled: Sequence[Case] = (), device: Option
     if validating:  # pre-training validates `validations` times, self-training twice as often
         validations = max(1, min(VALIDATIONS, int(VALIDATION_SHARE * budget / (3 * validating))))
     training = budget - (3 * validations + EXTRA_VALIDATIONS) * validating
-    pretrain = max(10, int(training / (seconds * (1 + 2 * SELFTRAIN_COST))))
-    counts = {"pretrain_iterations": pretrain, "selftrain_iterations": 2 * pretrain}
-    counts = {k: overrides.get(k, v) for k, v in counts.items()}
-    every = max(1, counts["pretrain_iterations"] // validations)
+    counts = _step_counts(training, seconds, overrides)
+    every = max(1, (counts["pretrain_iterations"] + counts["selftrain_iterations"]) // (3 * validations))
     config = preset(base, dim, **{**values, **counts, "validate_every": every, "checkpoint_every": every,
                                   **overrides})
     return Plan(config, fp, str(device), seconds, budget, validating)
+
+
+def _step_counts(training_s: float, step_s: float, overrides: Dict) -> Dict[str, int]:
+    """Step counts for ``training_s`` seconds of steps of ``step_s``: the preset's 1:2 ratio, or with a
+    given pre-training count (a kept teacher: ``core.fine_tuning``) the rest to self-training."""
+    if "pretrain_iterations" in overrides:
+        pretrain = overrides["pretrain_iterations"]
+        selftrain = max(10, int((training_s - pretrain * step_s) / (step_s * SELFTRAIN_COST)))
+    else:
+        pretrain = max(10, int(training_s / (step_s * (1 + 2 * SELFTRAIN_COST))))
+        selftrain = 2 * pretrain
+    return {"pretrain_iterations": pretrain, "selftrain_iterations": overrides.get("selftrain_iterations", selftrain)}
 
 
 def _validation_seconds(config: TrainConfig, validation: Sequence[Case], device: torch.device,

@@ -113,6 +113,7 @@ class FineTuneWidget(QWidget):
         # the plan shown: (its data, None for the layers, or the Folders; the settings it was made with; the plan)
         self._plan: Optional[Tuple[Optional[Folders], tuple, Plan]] = None
         self._run_plan_key: Tuple[Optional[Folders], Optional[tuple]] = (None, None)  # the started run's
+        self._start_trained = False  # whether the started run fine-tunes a trained model (ModelStore.is_trained)
         self._plan_request = 0  # the latest request; results of earlier ones are dropped
         self._planning = Connections()  # to the planning worker in flight
         self.destroyed.connect(self._planning.close)
@@ -235,6 +236,7 @@ class FineTuneWidget(QWidget):
         run_settings = RunSettings(settings.dim(), settings.active_config() if settings.from_active else None,
                                    weights, settings.fields["seed"].value, config, planning, shown)
         self._run_plan_key = (folders, planning)
+        self._start_trained = settings.from_active and models.MODEL_STORE.is_trained()
         if folders is not None:
             return FolderRun(folders, run_settings)
         return prepare_run(*self.data.snapshot(), run_settings)
@@ -301,7 +303,7 @@ class FineTuneWidget(QWidget):
             return
         taken = models.MODEL_STORE.names()
         name = next(f"fine-tuned {n}" for n in itertools.count(1) if f"fine-tuned {n}" not in taken)
-        models.MODEL_STORE.add(name, run.final_model(), run.config)
+        models.MODEL_STORE.add(name, run.final_model(), run.config, trained=self._start_trained)
         checked = (f"Held-out Dice on your corrections: {before_after(before, after)}. " if before is not None
                    else f"Not checked on held-out corrections: {status.no_held_out}. " if status.no_held_out else "")
         status.update(state=JobState.DONE, detail=detail,

@@ -36,6 +36,7 @@ class ModelStore:
             STARTER: partial(load_model, Path(starter_path)),
             **{name: partial(bundled.load, name) for name in bundled.names()}}
         self.active: str = STARTER
+        self._untrained = {STARTER}  # fine-tuned as a new network is (core.fine_tuning): not kept as the teacher
 
     def names(self) -> List[str]:
         """The starter, the bundled models, then those loaded or fine-tuned, in the order they came."""
@@ -56,8 +57,18 @@ class ModelStore:
             raise CVBMInputError(f"no model called {name!r}")
         return self._models[name]
 
-    def add(self, name: str, model: torch.nn.Module, config: TrainConfig, activate: bool = True) -> str:
+    def is_trained(self, name: Optional[str] = None) -> bool:
+        """Whether fine-tuning ``name`` (default: the active model) keeps it as the teacher
+        (``core.fine_tuning.teacher_kept``): the bundled models, loaded files and models fine-tuned from
+        them are trained; the starter (synthetic sample data) and models fine-tuned from it or from a new
+        network on the corrections alone are not."""
+        return (name or self.active) not in self._untrained
+
+    def add(self, name: str, model: torch.nn.Module, config: TrainConfig, activate: bool = True,
+            trained: bool = True) -> str:
         self._models[name] = (model.eval(), config)
+        if not trained:
+            self._untrained.add(name)
         if activate:
             self.active = name
         self.changed.emit(self.active)

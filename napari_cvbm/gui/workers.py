@@ -9,7 +9,8 @@ callback; :func:`planned` returns a ``Plan``.
 
 A fine-tune is prepared the same way from layers (on the GUI thread, from their snapshot) and from
 folders (in the worker, once they are read): :func:`prepare_run` interprets the labels, checks the
-model fits, holds out part of the labels (``core.holdout``) and plans the run or takes the preset.
+model fits, and takes the preset, the plan shown or plans the run; what it holds out and plans is
+``core.fine_tuning``'s.
 """
 
 import dataclasses
@@ -19,18 +20,17 @@ from typing import Callable, Iterator, List, NamedTuple, Optional, Tuple, Union
 import numpy as np
 
 from ..core.channels import RGB, channel_count, check_channels
-from ..core.classes import infer_num_classes, interpret_labels
+from ..core.classes import interpret_labels
 from ..core.config import TrainConfig
 from ..core.data import Case, load_cases, make_case
 from ..core.errors import CVBMInputError
-from ..core.holdout import Holdout, split_corrections
+from ..core.fine_tuning import held_out_checks, prepare_fine_tune
+from ..core.holdout import Holdout
 from ..core.io import list_images, pair_images_labels, read_image
 from ..core.planning import Plan, fingerprint, plan
 from ..core.predictor import Predictor
 from ..core.threads import adapt_threads, use_training_threads
 from ..core.training import ProgressEvent, TrainingRun
-
-VALIDATIONS = 10  # held-out checks in a run, about
 
 
 class JobFailed(Exception):
@@ -97,11 +97,16 @@ class StepDone:
 TrainingUpdate = Union[DataRead, Planned, RunReady, StepDone]
 
 
-def planned(labeled, unlabeled, device, budget_s: float, overrides: dict) -> Plan:
-    """``core.planning.plan`` of these cases, its training step measured on the CPU threads a run in
-    the background gets (``core.threads``)."""
+def in_background(planner: Callable[..., Plan], *args) -> Plan:
+    """``planner(*args)``, its training step measured on the CPU threads a run in the background gets
+    (``core.threads``)."""
     use_training_threads(background=True)
-    return plan(labeled, unlabeled, device, budget_s, overrides)
+    return planner(*args)
+
+
+def planned(labeled, unlabeled, device, budget_s: float, overrides: dict) -> Plan:
+    """``core.planning.plan`` of these cases, :func:`in_background`."""
+    return in_background(plan, labeled, unlabeled, device, budget_s, overrides)
 
 
 @surfacing_errors
@@ -178,30 +183,28 @@ class RunSettings(NamedTuple):
 def prepare_run(labeled, unlabeled, settings: RunSettings, from_files: bool = False) -> Prepared:
     """The run on these cases, layer snapshots (labels interpreted here as one set; built by
     :func:`run_from_arrays`) or, ``from_files``, ``load_cases``' (interpreted there; built by
-    :func:`training_run`): the class count, the model checked against
-    the cases, part of the labels held out (``core.holdout.split_corrections``), and the config
-    (planned: the plan shown if it is fresh, else None and a planner). Bad input raises CVBMInputError."""
+    :func:`training_run`): the model checked against the cases, the class count and the corrections
+    held out as ``core.fine_tuning.prepare_fine_tune`` decides, and the config (planned: the plan
+    shown if it is fresh, else None and a planner). Bad input raises CVBMInputError."""
     active = settings.active
-    given = None if active is None else active.num_classes
     if not from_files:
+        given = None if active is None else active.num_classes
         labels = interpret_labels({case.name: case.label for case in labeled}, given, what="labels layer")
         labeled = [dataclasses.replace(case, label=labels[case.name]) for case in labeled]
-    num_classes = infer_num_classes((case.label for case in labeled), given)
+    fine = prepare_fine_tune(labeled, unlabeled, active, settings.seed)
+    num_classes, split = fine.num_classes, fine.split
     check_model_fits(num_classes, settings.dim, labeled, unlabeled, active)
     config, planner = None, None
     if settings.planning is not None:
-        inputs = PlanInputs(labeled, unlabeled, *settings.planning)
-        shown = fresh_plan(settings.shown, inputs)
+        shown = fresh_plan(settings.shown, PlanInputs(labeled, unlabeled, *settings.planning))
         if shown is not None:
             config = dataclasses.replace(shown.config, num_classes=num_classes)
         else:
-            planner = functools.partial(planned, *inputs._replace(
-                overrides={**inputs.overrides, "num_classes": num_classes}))
+            planner = functools.partial(in_background, fine.plan, *settings.planning)
     else:
         config = dataclasses.replace(settings.preset, num_classes=num_classes)
         if active is None:  # a preset's new network takes the images' channels
             config = dataclasses.replace(config, **input_channels(labeled))
-    split = split_corrections(labeled, seed=settings.seed)
     builder = training_run if from_files else run_from_arrays
     build = functools.partial(builder, split.train, unlabeled, weights=settings.weights, validation=split.held_out)
     return Prepared(build, config, planner, f"{len(labeled)} labeled + {len(unlabeled)} unlabeled images", split)
@@ -290,11 +293,8 @@ def run_from_arrays(labeled, unlabeled, config: TrainConfig, weights=None, valid
 
 def training_run(labeled, unlabeled, config: TrainConfig, weights=None, validation=()) -> TrainingRun:
     """A run on made cases (``make_case``'s, e.g. ``load_cases``'); with validation cases it checks
-    on them about ``VALIDATIONS`` times."""
-    if validation:
-        total = config.pretrain_iterations + config.selftrain_iterations
-        config = dataclasses.replace(config, validate_every=max(1, round(total / VALIDATIONS)))
-    return TrainingRun(config, labeled, unlabeled, validation, initial_weights=weights)
+    on them as ``core.fine_tuning.held_out_checks`` says."""
+    return TrainingRun(held_out_checks(config, validation), labeled, unlabeled, validation, initial_weights=weights)
 
 
 def made_case(case: Case, num_classes=None) -> Case:

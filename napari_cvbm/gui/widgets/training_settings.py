@@ -22,7 +22,7 @@ from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QFormLayout, QLabel, QToolButton, QVBoxLayout, QWidget
 
 from ...core import config as core_config
-from ...core import planning
+from ...core import fine_tuning, planning
 from ...core.config import FIELD_TYPES, RANGES, TrainConfig
 from ...core.device import choose_device
 from ...core.errors import CVBMInputError
@@ -36,6 +36,7 @@ ADVANCED = {
     "pretrain_iterations": "Pre-training iterations",
     "selftrain_iterations": "Self-training iterations",
     "lr": "Learning rate",
+    "ema_decay": "Teacher EMA decay (1: held fixed)",
     "batch_labeled": "Batch size",
     "patch_size": "Patch size",
     "spacing": "Working spacing (mm)",
@@ -43,7 +44,8 @@ ADVANCED = {
     "seed": "Seed",
 }
 #: Display bounds and steps where the field's own range is open-ended or too fine for a spin box.
-SPIN_HINTS = {"lr": dict(min=1e-4, max=1.0, step=0.001, decimals=4), "batch_labeled": dict(max=64, step=2),
+SPIN_HINTS = {"lr": dict(min=1e-4, max=1.0, step=0.001, decimals=4), "ema_decay": dict(step=0.01, decimals=3),
+              "batch_labeled": dict(max=64, step=2),
               "width": dict(min=2, max=64), "seed": dict(max=2 ** 31 - 1)}
 SPIN_MAX = 10 ** 6
 BUDGET_MAX_MIN = 24 * 60
@@ -202,19 +204,20 @@ class TrainingSettingsPanel(QWidget):
 
     def apply_preset(self, *_):
         """Fill the Advanced form from the preset when it or the network changes (user edits survive
-        other changes); when fine-tuning, show and lock what the active model fixes."""
+        other changes), with a trained active model kept as the teacher (:meth:`teacher_kept`); when
+        fine-tuning, show and lock what the active model fixes."""
         planned = self.planned
         for widget in (self.budget.native, self.form.labelForField(self.budget.native), self.plan_line):
             widget.setVisible(planned)
-        key = (self.preset.value, self.dim(), self.from_active)
+        try:
+            fixed, kept = self.model_settings(), self.teacher_kept()
+        except CVBMInputError:
+            fixed, kept = {}, {}
+        key = (self.preset.value, self.dim(), self.from_active, bool(kept))
         if key != self._preset_key:
             self._preset_key = key
-            self._fill(core_config.preset(self.preset_name(), key[1]).to_dict(), ADVANCED)
+            self._fill({**core_config.preset(self.preset_name(), key[1]).to_dict(), **kept}, ADVANCED)
             self.edited.clear()
-        try:
-            fixed = self.model_settings()
-        except CVBMInputError:
-            fixed = {}
         self._fill(fixed, [name for name in ADVANCED if name in fixed])
         for name, widget in self.fields.items():
             widget.enabled = name not in fixed
@@ -245,10 +248,18 @@ class TrainingSettingsPanel(QWidget):
         return values
 
     def overrides(self) -> dict:
-        """What a plan must keep: the network's dimension, the Advanced settings the user edited and
-        what the active model fixes (:meth:`model_settings`); bad settings raise CVBMInputError."""
+        """What a plan must keep: the network's dimension, a trained active model kept as the teacher
+        (:meth:`teacher_kept`), the Advanced settings the user edited over it and what the active model
+        fixes (:meth:`model_settings`); bad settings raise CVBMInputError."""
         dim = self.dim()
-        return {"dim": dim, **self.values(dim, self.edited), **self.model_settings()}
+        return {"dim": dim, **self.teacher_kept(), **self.values(dim, self.edited), **self.model_settings()}
+
+    def teacher_kept(self) -> dict:
+        """``core.fine_tuning.teacher_kept`` of the active model when fine-tuning a trained one
+        (``ModelStore.is_trained``); empty otherwise."""
+        if not self.from_active or not models.MODEL_STORE.is_trained():
+            return {}
+        return fine_tuning.teacher_kept(models.MODEL_STORE.get()[1])
 
     def weights(self) -> Optional[dict]:
         """A copy of the active model's weights to start from; None for a new network."""
