@@ -148,14 +148,15 @@ def planned_fine_tune(labeled: List[Case], unlabeled: List[Case], config, budget
 
 def fine_tune(labeled: List[Case], unlabeled: List[Case], model, config, budget_s: float, device: str,
               overrides: dict, trained: bool = False):
-    """One Fine-tune click, as the widget runs it (its own plan, from its own measured step):
-    (model, config, minutes, steps "pretrain+selftrain", before, after, kept)."""
+    """One Fine-tune click, as the widget runs it (its own plan, from its own measured step; about ten
+    held-out checks a run unless ``overrides`` give ``validate_every``): (model, config, minutes, steps
+    "pretrain+selftrain", before, after, kept)."""
     split, planned = planned_fine_tune(labeled, unlabeled, config, budget_s, device, overrides, trained)
     print(f"  fine-tune on {sum(len(np.flatnonzero(c.annotated.any((1, 2)))) for c in split.train)} slices "
           f"(held out: {split.summary() or split.reason}); plan: {planned.describe()}", flush=True)
     weights = None if model is None else model.state_dict()
-    run = TrainingRun(held_out_checks(planned.config, split.held_out), split.train, unlabeled, split.held_out,
-                      device=device, initial_weights=weights)
+    checked = planned.config if "validate_every" in overrides else held_out_checks(planned.config, split.held_out)
+    run = TrainingRun(checked, split.train, unlabeled, split.held_out, device=device, initial_weights=weights)
     start = time.perf_counter()
     train_with_progress(run, show=False)
     minutes = (time.perf_counter() - start) / 60
