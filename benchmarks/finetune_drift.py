@@ -56,13 +56,13 @@ def trajectory(data: Path, start: str, volumes: int, slices: int, budget_s: floa
     annotator = Annotator(strategy, cases(data, names, num_classes=config.num_classes))
     annotator.pick(slices, model, config)
     given = {"dim": config.dim, "num_classes": config.num_classes, **settings, "validate_every": every}
-    split, planned = planned_fine_tune(annotator.labeled(), unlabeled, config, budget_s, "cpu", given, trained=True)
+    own = annotator.labeled()  # the corrected volumes: trained on, and scored outside their corrected slices
+    split, planned = planned_fine_tune(own, unlabeled, config, budget_s, "cpu", given, trained=True)
     print("corrected:", "; ".join(f"{name} {', '.join(map(str, z))}" for name, z in annotator.corrected.items()))
     print(f"plan: {planned.describe()}\nat each check: Dice on the other patients / on the uncorrected slices "
           f"of the corrected volumes", flush=True)
     run = TrainingRun(planned.config, split.train, unlabeled, others, initial_weights=model.state_dict())
     points = []
-    own = annotator.labeled()
     for event in run.events():
         if not points:
             points.append(("start", 0, run.initial_dice, uncorrected_dice(model, config, own)))
