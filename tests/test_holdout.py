@@ -1,15 +1,20 @@
 """Holding out part of the user's corrections (core/holdout.py)."""
 
+import zlib
+from dataclasses import replace
+
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from napari_cvbm.core.data import Case, annotated_slices
 from napari_cvbm.core.holdout import TOO_FEW_IMAGES, TOO_FEW_SLICES, split_corrections
+from napari_cvbm.core.look_alike import look_alike_groups
 
 
 def volume_case(name, slices=None, shape=(40, 8, 8)):
-    """A labeled volume annotated on ``slices`` (all of them when None)."""
-    image = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    """A labeled volume (noise of its own, by ``name``) annotated on ``slices`` (all when None)."""
+    image = np.random.default_rng(zlib.crc32(name.encode())).normal(size=shape).astype(np.float32)
     label = np.zeros(shape, np.int64)
     label[:, 2:6, 2:6] = 1
     annotated = None
@@ -95,6 +100,65 @@ def test_too_little_holds_out_nothing_and_says_why(cases, reason):
     assert held == [] and train == cases and all(t is c for t, c in zip(train, cases))
     assert split.reason == reason and split.summary() == ""
     assert "at least 4 slices" in TOO_FEW_SLICES
+
+
+def scan(seed, shape=(16, 32, 32)):
+    """A smooth random volume: the anatomy of one scan."""
+    noise = np.random.default_rng(seed).normal(size=shape)
+    return ndimage.gaussian_filter(noise, 2).astype(np.float32)
+
+
+def frames(name, seed, slices, count=2):
+    """``count`` frames of one scan (its anatomy, moved a little, plus noise of their own), each
+    annotated on ``slices``."""
+    anatomy = scan(seed)
+    out = []
+    for frame in range(count):
+        image = np.roll(anatomy, frame, axis=2) + 0.02 * np.random.default_rng(100 + frame).normal(size=anatomy.shape)
+        label = (image > 0).astype(np.int64)
+        annotated = np.zeros(anatomy.shape, bool)
+        annotated[list(slices)] = True
+        out.append(Case(f"{name}_frame{frame + 1}", image.astype(np.float32), label, annotated, (1.0, 1.0, 1.0)))
+    return out
+
+
+def test_frames_of_one_scan_look_alike_and_other_scans_do_not():
+    one, other = frames("p1", 1, [3]), frames("p2", 2, [3])
+    assert look_alike_groups(one + other) == [[0, 1], [2, 3]]
+    moved = [one[0], replace(other[0], spacing=(2.0, 1.0, 1.0))]  # another spacing: another scan
+    assert look_alike_groups(moved + [replace(one[1], image=one[1].image[:, :, :30])]) == [[0], [1], [2]]
+    flat = Case("photo", np.ones((8, 8), np.float32))
+    assert look_alike_groups([flat, replace(flat, name="copy")]) == [[0], [1]]  # 2D: never grouped
+
+
+def test_look_alike_volumes_are_held_out_together():
+    cases = frames("p1", 1, [3, 7]) + frames("p2", 2, [3, 7]) + frames("p3", 3, [5, 9])
+    for seed in range(6):
+        split = split_corrections(cases, seed=seed)
+        assert len(split.held_out) == 2 and len(split.train) == 4
+        (scan_name,) = {c.name.split("_")[0] for c in split.held_out}  # both frames of one scan
+        assert scan_name not in {c.name.split("_")[0] for c in split.train}
+        assert split.summary() == f"images '{scan_name}_frame1', '{scan_name}_frame2' (look alike)"
+
+
+def test_frames_of_one_scan_are_held_out_on_the_same_slices():
+    corrected = [2, 4, 6, 8, 10, 12, 14, 15]
+    split = split_corrections(frames("p1", 1, corrected), seed=0)
+    out = {tuple(annotated_slices(c)) for c in split.held_out}
+    assert len(split.held_out) == 2 and len(out) == 1  # the same slices in both frames
+    (slices,) = out
+    assert len(slices) == 2 and all(not (set(slices) & set(annotated_slices(c))) for c in split.train)
+    assert split.summary() == f"slices {', '.join(map(str, slices))} of 'p1_frame1', 'p1_frame2' (look alike)"
+
+
+def test_two_frames_corrected_on_few_slices_hold_nothing_out_and_say_why():
+    """Four images, but two scans of two corrected slices: the old rule held out a whole image, the
+    twin of one trained on."""
+    cases = frames("p1", 1, [3, 7]) + frames("p2", 2, [2, 8])
+    split = split_corrections(cases)
+    assert split.held_out == [] and split.train == cases
+    assert split.reason == (f"{TOO_FEW_SLICES}; 'p1_frame1', 'p1_frame2' (look alike) count as one image; "
+                            "'p2_frame1', 'p2_frame2' (look alike) count as one image")
 
 
 def test_a_fine_tune_got_worse_only_when_the_shown_dice_fell():

@@ -2,13 +2,16 @@
 split, never on what is reported as test).
 
 Rules of :func:`split_corrections` (slices run along axis 0; a 2D case is one slice and counts as
-a whole case):
+a whole case). Volumes that look alike (``core.look_alike``: frames of one scan) count as one image:
+they are held out together, or on the same slices, so that no check is made on the twin of an
+image trained on.
 
-- 3 or more labeled cases: whole cases are held out, about one in four (at least one, never all),
-  picked by ``seed``.
-- Fewer: slices are held out. From each 3D case with at least 4 annotated slices, about one in four
-  of them, evenly spread over its annotated slices (never the first or last one); the held-out
-  case is the same image annotated on those slices only, and the training case keeps the rest.
+- 3 or more labeled images: whole images are held out, about one in four (at least one, never
+  all), picked by ``seed``.
+- Fewer: slices are held out. From each image (3D, its look-alikes' annotated slices pooled) with
+  at least 4 annotated slices, about one in four of them, evenly spread (never the first or last
+  one); the held-out case is the same volume annotated on those slices only, and the training case
+  keeps the rest.
 - Too little for either: nothing is held out and ``reason`` says why.
 
 Validation scores a held-out case only on its annotated voxels (``TrainingRun``), so the slices
@@ -22,6 +25,7 @@ import numpy as np
 
 from .annotation import format_slices
 from .data import Case, annotated_slices
+from .look_alike import look_alike_groups
 
 MIN_CASES = 3  # from this many labeled cases on, whole cases are held out
 MIN_SLICES = 4  # a case gives slices to the held-out set from this many annotated slices on
@@ -66,33 +70,54 @@ def _spread(slices: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return slices[np.unique(positions)]
 
 
+def _names(cases: Sequence[Case]) -> str:
+    """"'a'" for one case, "'a', 'b' (look alike)" for look-alikes."""
+    names = ", ".join(f"'{c.name}'" for c in cases)
+    return names if len(cases) == 1 else f"{names} (look alike)"
+
+
+def _whole_images(groups: List[List[Case]], rng: np.random.Generator) -> Holdout:
+    chosen = set(rng.choice(len(groups), size=_count(len(groups)), replace=False).tolist())
+    held = [groups[i] for i in sorted(chosen)]
+    train = [c for i, group in enumerate(groups) if i not in chosen for c in group]
+    return Holdout(train, [c for group in held for c in group],
+                   what=[f"image{'s' if len(g) > 1 else ''} {_names(g)}" for g in held])
+
+
+def _slices(groups: List[List[Case]], rng: np.random.Generator) -> Holdout:
+    train, held, what = [], [], []
+    for group in groups:
+        volumes = [c for c in group if len(c.shape) == 3]
+        slices = np.unique(np.concatenate([annotated_slices(c) for c in volumes])) if volumes else np.arange(0)
+        if len(slices) < MIN_SLICES:
+            train.extend(group)
+            continue
+        out = _spread(slices, rng)
+        chosen = np.zeros(group[0].shape[0], bool)
+        chosen[out] = True
+        for case in group:
+            mask = _mask(case)
+            kept, checked = mask & ~chosen[:, None, None], mask & chosen[:, None, None]
+            train.extend([replace(case, annotated=kept)] if kept.any() else [])
+            held.extend([replace(case, annotated=checked)] if checked.any() else [])
+        what.append(f"slice{'s' if len(out) > 1 else ''} {format_slices(out)} of {_names(group)}")
+    return Holdout(train, held, what=what)
+
+
 def split_corrections(cases: Sequence[Case], seed: int = 0) -> Holdout:
     """Split labeled ``cases`` into training and held-out cases by the rules of the module docstring;
     the same ``seed`` gives the same split."""
     cases = list(cases)
     rng = np.random.default_rng(seed)
-    if len(cases) >= MIN_CASES:
-        chosen = set(rng.choice(len(cases), size=_count(len(cases)), replace=False).tolist())
-        held = [c for i, c in enumerate(cases) if i in chosen]
-        return Holdout([c for i, c in enumerate(cases) if i not in chosen], held,
-                       what=[f"image '{c.name}'" for c in held])
-    train, held, what = [], [], []
-    for case in cases:
-        slices = annotated_slices(case) if len(case.shape) == 3 else np.arange(0)
-        if len(slices) < MIN_SLICES:
-            train.append(case)
-            continue
-        out = _spread(slices, rng)
-        chosen = np.zeros(case.shape[0], bool)
-        chosen[out] = True
-        mask = _mask(case)
-        train.append(replace(case, annotated=mask & ~chosen[:, None, None]))
-        held.append(replace(case, annotated=mask & chosen[:, None, None]))
-        what.append(f"slice{'s' if len(out) > 1 else ''} {format_slices(out)} of '{case.name}'")
-    if not held:
-        reason = TOO_FEW_SLICES if any(len(c.shape) == 3 for c in cases) else TOO_FEW_IMAGES
-        return Holdout(cases, [], reason=reason)
-    return Holdout(train, held, what=what)
+    groups = [[cases[i] for i in group] for group in look_alike_groups(cases)]
+    if len(groups) >= MIN_CASES:
+        return _whole_images(groups, rng)
+    split = _slices(groups, rng)
+    if split.held_out:
+        return split
+    reason = TOO_FEW_SLICES if any(len(c.shape) == 3 for c in cases) else TOO_FEW_IMAGES
+    alike = [_names(g) for g in groups if len(g) > 1]
+    return Holdout(cases, [], reason=reason + "".join(f"; {names} count as one image" for names in alike))
 
 
 def got_worse(before: Optional[float], after: Optional[float]) -> bool:
