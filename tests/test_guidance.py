@@ -175,3 +175,29 @@ def test_outside_the_field_of_view_is_certain_background():
     assert voxel_uncertainty(pred)[~valid].sum() == 0 and voxel_uncertainty(pred)[valid].min() > 0.3
     with pytest.raises(Exception, match="field of view has shape"):
         pred.restrict(np.ones((3, 3), bool))
+
+
+def test_the_guidance_benchmark_tells_a_score_that_finds_the_errors_from_one_that_does_not():
+    """benchmarks/guidance_quality.py: slices whose uncertainty follows their wrong voxels rank them
+    first (correlation 1, the listed slices hold what the best ones hold); reversed, they rank last."""
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from guidance_quality import volume_figures
+
+    truth = np.zeros((6, 8, 8), np.int64)
+    truth[:, 2:6, 2:6] = 1
+    labels = truth.copy()
+    for z in range(6):  # slice z: z wrong voxels
+        labels[z, 0, :z] = 1
+    confidence = np.ones(truth.shape, np.float32)
+    for z in range(6):
+        confidence[z, 0, :z] = 0.4
+    finds = volume_figures(SimpleNamespace(fg_confidence=confidence, disagreement=None, labels=labels), truth, 2, 2)
+    assert finds["rho_wrong"] == pytest.approx(1.0) and finds["share_listed"] == finds["share_best"] == 9 / 15
+    assert finds["share_any"] == pytest.approx(2 / 6) and finds["dice_listed_sum"] == finds["dice_lowest"] < 1
+    misses = volume_figures(SimpleNamespace(fg_confidence=confidence[::-1].copy(), disagreement=None, labels=labels),
+                            truth, 2, 2)
+    assert misses["rho_wrong"] == pytest.approx(-1.0) and misses["share_listed"] == pytest.approx(1 / 15)
