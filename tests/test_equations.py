@@ -165,6 +165,12 @@ def test_consistency_ramps():
     assert consistency_weight_release(150, 1.0, 6000) == pytest.approx(math.exp(-5 * (1 - 150 / 6000) ** 2))
     assert consistency_weight_release(6000, 0.5, 6000) == pytest.approx(0.5)
     assert consistency_weight_release(20000, 0.5, 30000) < 0.5
+    assert consistency_weight_release(149, 0.5, 30000) == pytest.approx(0.5 * math.exp(-5))  # 2D: 150 too
+    # a shorter ramp keeps the 3D ramp's 40 steps: a 140-iteration fine-tune ramps up within its run
+    short = [consistency_weight_release(t, 1.0, 140) / consistency_weight_paper(t, 140, 1.0) for t in range(140)]
+    assert min(short) > 0.8 and consistency_weight_release(139, 1.0, 140) > 0.9
+    assert consistency_weight_release(2, 1.0, 140) == consistency_weight_release(0, 1.0, 140) < \
+        consistency_weight_release(3, 1.0, 140)  # steps of 140 // 40 = 3 iterations
     assert consistency_weight(10, 100, "paper", 0.1) == consistency_weight_paper(10, 100, 0.1)
     with pytest.raises(ValueError):
         consistency_weight(10, 100, "linear", 0.1)

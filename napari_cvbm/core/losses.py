@@ -108,12 +108,18 @@ def consistency_weight_paper(t: int, t_max: int, weight: float = 0.1) -> float:
     return weight * math.exp(-5.0 * (1.0 - x) ** 2)
 
 
-def consistency_weight_release(t: int, weight: float, rampup: int, step: int = 150) -> float:
-    """Release's step ramp: the same Gaussian curve evaluated every ``step`` iterations,
-    reaching ``weight`` after ``rampup`` iterations (6000 in 3D, 30000 in 2D)."""
+RELEASE_STEP = 150  # iterations between the release's ramp updates (its "epoch")
+RELEASE_STEPS_3D = 40  # updates in the release's 3D ramp (6000 iterations), its coarsest
+
+
+def consistency_weight_release(t: int, weight: float, rampup: int) -> float:
+    """Release's step ramp (spec 4): the same Gaussian curve evaluated every 150 iterations, reaching
+    ``weight`` after ``rampup`` iterations (6000 in 3D, 30000 in 2D). A shorter ramp (a shorter run,
+    ``config.preset``) keeps at least the 3D ramp's 40 steps, so that its curve keeps its shape: with
+    150-iteration steps a 140-iteration fine-tune would stay at ``weight * exp(-5)`` throughout."""
     if rampup <= 0:
         return weight
-    step = max(1, min(step, rampup))
+    step = max(1, min(RELEASE_STEP, rampup // RELEASE_STEPS_3D))
     return consistency_weight_paper((t // step) * step, rampup, weight)
 
 
