@@ -206,3 +206,15 @@ def test_pseudo_labels_keep_largest_component_per_class():
     assert bg_pl[0, 0].tolist() == [0, 1, 1, 0, 0, 0, 0, 0, 2, 2]
     raw_fg, _ = pseudo_labels(CVBMOutput(fg, bg, None), clean=False)
     assert raw_fg[0, 0].tolist() == classes.tolist()
+
+
+def test_pseudo_labels_outside_the_field_of_view_never_win_the_cleaning():
+    """A teacher's larger component outside a fundus disc must not erase the vessel inside it."""
+    fg = torch.zeros(1, 2, 1, 10)
+    classes = torch.tensor([1, 1, 0, 0, 0, 0, 1, 1, 1, 1])  # inside: voxels 0-1; outside: 6-9, larger
+    fg[0, :, 0] = torch.nn.functional.one_hot(classes, 2).T.float() * 5
+    valid = torch.tensor([[[1, 1, 1, 1, 1, 0, 0, 0, 0, 0]]], dtype=torch.float32)
+    unmasked, _ = pseudo_labels(CVBMOutput(fg, -fg, None))
+    assert unmasked[0, 0].tolist() == [0, 0, 0, 0, 0, 0, 1, 1, 1, 1]  # the vessel inside lost
+    fg_pl, bg_pl = pseudo_labels(CVBMOutput(fg, -fg, None), valid=valid)
+    assert fg_pl[0, 0].tolist() == bg_pl[0, 0].tolist() == [1, 1, 0, 0, 0, 0, 0, 0, 0, 0]
