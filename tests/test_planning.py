@@ -1,5 +1,7 @@
 """The planner (working spacing, patch, step counts) and resampling to and from the working spacing."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -171,7 +173,10 @@ def test_fine_tuning_keeps_the_models_network_and_a_working_spacings_input(fixed
 
 def test_a_fine_tune_holds_out_corrections_and_plans_from_all_of_them(fixed_step):
     """core.fine_tuning: what the Fine-tune widget and benchmarks/annotation_loop.py both run."""
-    cases = [box_case(f"f{i}", (48, 64, 64), (1.0,) * 3, (20, 30, 30)) for i in range(4)]
+    boxes = [box_case(f"f{i}", (48, 64, 64), (1.0,) * 3, (20, 30, 30)) for i in range(4)]
+    # four scans, not frames of one (core.look_alike): the box in another place in each
+    cases = [dataclasses.replace(c, image=np.roll(c.image, 16 * i, 2), label=np.roll(c.label, 16 * i, 2))
+             for i, c in enumerate(boxes)]
     model = preset("cpu", 3, width=6, patch_size=(32, 32, 48), spacing=(2.0, 2.0, 2.0), num_classes=3)
     fine = prepare_fine_tune(cases, [], model, seed=5)
     held = [c.name for c in split_corrections(cases, seed=5).held_out]
