@@ -246,9 +246,8 @@ class TrainingRun:
         masked = labeled.valid is not None or unlabeled.valid is not None
         partial = bool(((ann < 1) & (v_l > 0)).any())
         with torch.no_grad():
-            teacher_out = self._forward(self.teacher, torch.cat([x_u, x_l]) if partial else x_u)
-            fg_pl, bg_pl = pseudo_labels(teacher_out, clean=cfg.clean_pseudo_labels,
-                                         valid=(torch.cat([v_u, v_l]) if partial else v_u) if masked else None)
+            x_t, v_t = (torch.cat([x_u, x_l]), torch.cat([v_u, v_l])) if partial else (x_u, v_u)
+            fg_pl, bg_pl = pseudo_labels(self._forward(self.teacher, x_t), clean=cfg.clean_pseudo_labels, valid=v_t)
         fg_u, bg_u = fg_pl[:batch], bg_pl[:batch]
         # unannotated voxels of a partly labeled image are supervised by the teacher, like unlabeled ones
         fg_l = torch.where(ann.bool(), y_l, fg_pl[batch:]) if partial else y_l
