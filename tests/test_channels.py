@@ -156,12 +156,17 @@ def test_plan_keeps_thin_structures_at_full_resolution_and_takes_the_channels(fi
     assert planned.config.in_channels == 3 and planned.config.channel_names == RGB
     line = planned.describe()
     assert line.startswith("3 channels (red, green, blue), patches 128×128 at the images' resolution"), line
+    # four separate vessels per photograph: a crop holding several would keep only one
+    assert not planned.config.clean_pseudo_labels and planned.cleaning_keeps < 0.9
+    assert "pseudo-labels keep every component (the largest keeps" in line
+    assert plan(photos, budget_s=60, overrides={"clean_pseudo_labels": True}).config.clean_pseudo_labels
     rng = np.random.default_rng(0)
     grid = np.mgrid[:8, :200, :180]
     heart = _ellipsoid(grid, (4, 100, 90), (6, 40, 35)).astype(np.int64)  # a thick structure: resized slices
     slices = [make_case("mri", heart + rng.normal(0, 0.3, heart.shape).astype(np.float32), heart)]
     resized = plan(slices, device=torch.device("cpu"), budget_s=60, overrides={"dim": 2}).config
     assert resized.slice_size == (128, 128) and resized.in_channels == 1
+    assert resized.clean_pseudo_labels  # one heart per slice: the cleaning keeps it whole
     with pytest.raises(CVBMInputError, match="same channels"):
         plan(photos + slices[:0] + [make_case("grey", photos[0].image[0], photos[0].label)])
 

@@ -119,6 +119,21 @@ def test_2d_plan_resizes_whole_slices(fixed_step):
     assert "slices resized to 128×128" in plan.describe()
 
 
+def test_pseudo_label_cleaning_is_decided_on_volumes_labelled_throughout(fixed_step):
+    """Two boxes in a volume: its crops hold both and the largest component drops one; corrected
+    slices alone cannot tell how the structure connects in 3D, so they leave the cleaning on."""
+    full = box_case("two", (24, 40, 40), (1.0,) * 3, (16, 30, 30))
+    full.label[:, 18:22] = 0  # the box split in two halves along y
+    planned = planning.plan([full], budget_s=60)
+    assert not planned.config.clean_pseudo_labels and 0.4 < planned.cleaning_keeps < 0.6
+    one = box_case("one", (24, 40, 40), (1.0,) * 3, (16, 30, 30))
+    assert planning.plan([one], budget_s=60).config.clean_pseudo_labels
+    partial = box_case("corrected", (24, 40, 40), (1.0,) * 3, (16, 30, 30), annotated_slices=(6, 12, 18))
+    partial.label[:, 18:22] = 0
+    corrected = planning.plan([partial], budget_s=60)
+    assert corrected.cleaning_keeps is None and corrected.config.clean_pseudo_labels
+
+
 def test_annotated_slices_survive_resampling():
     label = np.zeros((20, 8, 8), np.int64)
     annotated = np.zeros_like(label, bool)

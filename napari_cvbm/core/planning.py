@@ -23,6 +23,11 @@ of the labelled structure in the slices that count) and the device decide:
   ``VALIDATION_SHARE`` of the budget (large photographs). Without a budget on a GPU, the paper's counts.
 * the **window overlap** of sliding-window prediction: the preset's, 0.25 (MONAI's default) for 2D
   patches, which slide over whole photographs of millions of pixels.
+* **pseudo-label cleaning** (spec 5: each class's largest connected component per training sample):
+  on unless, in label samples of the planned size drawn as training draws them, it would remove more
+  than ``1 - CLEANING_KEEPS`` of the structure (branching vessels cut into pieces by a crop's edges),
+  as it would then erase true structure from every pseudo-label. Measured on 2D samples and on 3D
+  volumes labelled on every slice; kept on when no labels tell.
 
 Settings the user gives (``overrides``) always win; step counts are planned only when not given, the
 patch for the spacing given.
@@ -30,7 +35,7 @@ Fine-tuning a model keeps what :func:`fine_tune_overrides` says of it.
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -39,8 +44,9 @@ from scipy import ndimage
 
 from .acceleration import inference_window_seconds, training_step_seconds, use_channels_last
 from .checkpoint import build_model
+from .components import largest_component_per_class
 from .config import TrainConfig, preset
-from .data import Case
+from .data import Case, PatchSampler, annotated_slices
 from .errors import CVBMInputError
 from .inference import windows_per_image
 from .networks import CVBMNet
@@ -58,6 +64,8 @@ EXTRA_VALIDATIONS = 2  # the starting weights, and the post-processing decision 
 INFERENCE_BATCH = 4  # windows per forward pass in validation (core.inference's default)
 PATCH_OVERLAP_2D = 0.25
 DEFAULT_BUDGET_S = 10 * 60.0  # a CPU run without a budget: about ten minutes
+CLEANING_KEEPS = 0.95  # pseudo-labels are cleaned when that keeps at least this share of the structure
+CLEANING_SAMPLES = 64  # label samples the cleaning decision looks at
 
 
 @dataclass(frozen=True)
@@ -191,6 +199,7 @@ class Plan:
     step_seconds: Optional[float]  # measured pre-training step; None when the counts were given
     budget_s: Optional[float]
     validation_seconds: float = 0.0  # estimated, one validation
+    cleaning_keeps: Optional[float] = None  # share of the structure the pseudo-labels' cleaning keeps
 
     @property
     def seconds(self) -> Optional[float]:
@@ -214,6 +223,9 @@ class Plan:
         parts.append(("slices resized to " if c.slice_size else "patches ") + "×".join(map(str, size))
                      + (" at the images' resolution" if c.dim == 2 and not c.slice_size else ""))
         parts.append(f"batch {c.batch_labeled}+{c.batch_unlabeled}, width {c.width}")
+        if not c.clean_pseudo_labels:
+            kept = f" (the largest keeps {self.cleaning_keeps:.0%})" if self.cleaning_keeps is not None else ""
+            parts.append(f"pseudo-labels keep every component{kept}")
         text = ", ".join(parts) + f", {c.pretrain_iterations} + {c.selftrain_iterations} steps"
         if c.ema_decay == 1.0:  # a trained model kept as the teacher (core.fine_tuning)
             text += " (the teacher held fixed)"
@@ -248,9 +260,13 @@ def plan(labeled: Sequence[Case], unlabeled: Sequence[Case] = (), device: Option
         values.update(in_channels=len(fp.channel_names), channel_names=fp.channel_names)
     base = base_preset(device)
     config = preset(base, dim, **{**values, **overrides})
+    keeps = None if "clean_pseudo_labels" in overrides else share_kept_by_cleaning(labeled, config, fp)
+    if keeps is not None and keeps < CLEANING_KEEPS:
+        values.update(clean_pseudo_labels=False)
+        config = replace(config, clean_pseudo_labels=False)
     counts_given = "pretrain_iterations" in overrides and "selftrain_iterations" in overrides
     if counts_given or (budget_s is None and kind == "gpu"):
-        return Plan(config, fp, str(device), None, budget_s)
+        return Plan(config, fp, str(device), None, budget_s, cleaning_keeps=keeps)
     seconds = _step_seconds(config, device)
     budget = budget_s if budget_s is not None else DEFAULT_BUDGET_S
     validating = _validation_seconds(config, validation, device, seconds)
@@ -262,7 +278,31 @@ def plan(labeled: Sequence[Case], unlabeled: Sequence[Case] = (), device: Option
     every = max(1, (counts["pretrain_iterations"] + counts["selftrain_iterations"]) // (3 * validations))
     config = preset(base, dim, **{**values, **counts, "validate_every": every, "checkpoint_every": every,
                                   **overrides})
-    return Plan(config, fp, str(device), seconds, budget, validating)
+    return Plan(config, fp, str(device), seconds, budget, validating, keeps)
+
+
+def share_kept_by_cleaning(labeled: Sequence[Case], config: TrainConfig, fp: Fingerprint,
+                           samples: int = CLEANING_SAMPLES) -> Optional[float]:
+    """Share of the labelled structure that keeping each class's largest component (the pseudo-labels'
+    cleaning, spec 5) keeps in ``samples`` label samples drawn as training draws them, unaugmented
+    (3D: crops of the patch's extent in mm at the median spacing ``fp.spacing``, from volumes labelled
+    on every slice); None when no case can tell."""
+    cases = [c for c in labeled if c.label is not None
+             and (config.dim == 2 or len(annotated_slices(c)) == c.shape[0])]
+    if not cases:
+        return None
+    size = config.patch_size
+    if config.dim == 3 and config.spacing is not None:
+        size = tuple(max(1, round(p * w / s)) for p, w, s in zip(size, config.spacing, fp.spacing))
+    sampler = PatchSampler(cases, config.dim, size, config.slice_size, augment=False,
+                           rng=np.random.default_rng(config.seed))
+    batch = sampler.sample(samples)
+    labels = (batch.labels * (batch.annotated > 0)).numpy()
+    structure = int((labels > 0).sum())
+    if not structure:
+        return None
+    kept = sum(int((largest_component_per_class(s, config.num_classes) > 0).sum()) for s in labels)
+    return kept / structure
 
 
 def _step_counts(training_s: float, step_s: float, overrides: Dict) -> Dict[str, int]:
