@@ -278,7 +278,7 @@ def plan(labeled: Sequence[Case], unlabeled: Sequence[Case] = (), device: Option
     every = max(1, (counts["pretrain_iterations"] + counts["selftrain_iterations"]) // (3 * validations))
     config = preset(base, dim, **{**values, **counts, "validate_every": every, "checkpoint_every": every,
                                   **overrides})
-    return Plan(config, fp, str(device), seconds, budget, validating, keeps)
+    return Plan(config, fp, str(device), seconds, budget, validating, cleaning_keeps=keeps)
 
 
 def share_kept_by_cleaning(labeled: Sequence[Case], config: TrainConfig, fp: Fingerprint,
